@@ -1,0 +1,59 @@
+# dlbook: `make lab` to learn, `make test` to check everything. See README.md.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.dlbook-installed
+CHAPTER ?= 01_backprop
+SUBMISSIONS ?= submissions
+PORT ?= 8888
+
+.PHONY: help venv lab test bench release autograde feedback grades formgrader lint clean
+
+help:
+	@echo "make lab          build workspace/ from the student release (never overwriting) and open JupyterLab"
+	@echo "make test         run the whole test suite (creates .venv on first use)"
+	@echo "make bench        run every chapter at full settings -> build/bench.json"
+	@echo "make release      instructor: generate student versions of all chapters (build/course/release)"
+	@echo "make autograde CHAPTER=01_backprop SUBMISSIONS=dir   instructor: autograde a folder of submissions"
+	@echo "make feedback CHAPTER=01_backprop   instructor: HTML feedback, hidden tests removed"
+	@echo "make grades       instructor: export all grades to build/grades.csv"
+	@echo "make formgrader   instructor: JupyterLab with nbgrader's formgrader on the course directory"
+
+# The virtual environment is (re)built whenever pyproject.toml changes.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lab: venv
+	$(PY) -m autograder workspace
+	$(PY) -m jupyter lab --notebook-dir=workspace --port=$(PORT) --ServerApp.open_browser=False
+
+test: venv
+	$(PY) -m pytest
+
+bench: venv
+	$(PY) -m autograder bench
+
+release: venv
+	$(PY) -m autograder release
+
+autograde: venv
+	$(PY) -m autograder autograde $(CHAPTER) $(SUBMISSIONS)
+
+feedback: venv
+	$(PY) -m autograder feedback $(CHAPTER)
+
+grades: venv
+	$(PY) -m autograder export --to build/grades.csv
+
+formgrader: venv release
+	cd build/course && ../../$(PY) -m jupyter lab --port=$(PORT) --ServerApp.open_browser=False
+
+lint: venv
+	$(PY) -m ruff check dlbook autograder tests
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,82 @@
+"""``python -m autograder``: the course's command line (see the README's instructor guide)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import course
+from .config import CHAPTERS_DIR, DEFAULT_COURSE_DIR, REPO_ROOT
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m autograder", description=__doc__)
+    parser.add_argument("--course-dir", type=Path, default=DEFAULT_COURSE_DIR,
+                        help="nbgrader course directory (default: build/course)")
+    parser.add_argument("--source-dir", type=Path, default=CHAPTERS_DIR,
+                        help="source notebooks (default: chapters/)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("release", help="generate the student version of chapters")
+    p.add_argument("chapters", nargs="*", help="chapter folders, e.g. 01_backprop (default: all)")
+
+    p = sub.add_parser("workspace", help="build or update the learner workspace, never overwriting")
+    p.add_argument("--dest", type=Path, default=REPO_ROOT / "workspace")
+
+    p = sub.add_parser("autograde", help="autograde a folder of submissions")
+    p.add_argument("chapter")
+    p.add_argument("submissions", type=Path, nargs="?",
+                   help="folder of SUBMISSIONS/<student>/<chapter>/*.ipynb (default: already collected)")
+    p.add_argument("--full", action="store_true", help="run notebooks at full settings (slow)")
+
+    p = sub.add_parser("feedback", help="generate HTML feedback with hidden tests removed")
+    p.add_argument("chapter")
+
+    p = sub.add_parser("export", help="export all grades as CSV")
+    p.add_argument("--to", type=Path, default=REPO_ROOT / "build" / "grades.csv")
+
+    p = sub.add_parser("bench", help="execute every chapter at full settings and check its targets")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "build" / "bench.json")
+    p.add_argument("--fast", action="store_true", help="fast mode (a smoke test, targets not meaningful)")
+    p.add_argument("notebooks", type=Path, nargs="*")
+
+    args = parser.parse_args(argv)
+    course_dir, source_dir = args.course_dir.resolve(), args.source_dir.resolve()
+    try:
+        if args.command == "release":
+            for path in course.release(args.chapters or None, course_dir, source_dir):
+                print(f"released {path}")
+        elif args.command == "workspace":
+            from .workspace import sync_workspace
+
+            course.release(None, course_dir, source_dir, quiet=True)
+            report = sync_workspace(course_dir / "release", args.dest)
+            print(f"Workspace: {args.dest}")
+            print(report.summary())
+        elif args.command == "autograde":
+            students = course.autograde(args.chapter, args.submissions, course_dir, source_dir,
+                                        fast=not args.full)
+            table = course.scores(args.chapter, course_dir)
+            print(f"\n{'student':<24} {'score':>12}")
+            for student in students:
+                cells = table.get(student, {})
+                got = sum(s for s, _ in cells.values())
+                total = sum(m for _, m in cells.values())
+                print(f"{student:<24} {got:>6g} / {total:<5g}")
+        elif args.command == "feedback":
+            print(f"feedback in {course.feedback(args.chapter, course_dir, source_dir)}")
+        elif args.command == "export":
+            print(f"grades written to {course.export(args.to, course_dir, source_dir)}")
+        elif args.command == "bench":
+            from .bench import run_bench
+
+            return 0 if run_bench(args.out, [p.resolve() for p in args.notebooks] or None, args.fast) else 1
+    except (course.CourseError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Course operations on top of nbgrader: release, collect, autograde, feedback, export, scores."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .config import CHAPTERS_DIR, DEFAULT_COURSE_DIR, write_course_config
+
+CHAPTER_PATTERN = re.compile(r"^\d\d_[a-z0-9_]+$")
+STUDENT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
+
+
+class CourseError(RuntimeError):
+    """A course operation failed; the message says what was expected."""
+
+
+def list_chapters(source_dir: Path = CHAPTERS_DIR) -> list[str]:
+    """Return the chapter folder names (``NN_slug``) that hold at least one notebook, in order."""
+    if not source_dir.is_dir():
+        raise CourseError(f"expected a chapters directory at {source_dir}")
+    return sorted(
+        p.name
+        for p in source_dir.iterdir()
+        if p.is_dir() and CHAPTER_PATTERN.match(p.name) and any(p.glob("*.ipynb"))
+    )
+
+
+def _check_chapter(chapter: str, source_dir: Path) -> None:
+    known = list_chapters(source_dir)
+    if chapter not in known:
+        raise CourseError(f"unknown chapter {chapter!r}; expected one of: {', '.join(known)}")
+
+
+def run_nbgrader(
+    course_dir: Path,
+    *args: str,
+    source_dir: Path = CHAPTERS_DIR,
+    fast: bool | None = None,
+    quiet: bool = False,
+) -> str:
+    """Run ``nbgrader ARGS`` in ``course_dir`` and return its log; raise :class:`CourseError` on failure.
+
+    ``fast=True`` sets ``DLBOOK_FAST=1`` for the kernels nbgrader starts, ``False`` clears it.
+    """
+    write_course_config(course_dir, source_dir)
+    env = dict(os.environ)
+    if fast is True:
+        env["DLBOOK_FAST"] = "1"
+    elif fast is False:
+        env.pop("DLBOOK_FAST", None)
+    env.setdefault("MPLBACKEND", "Agg")
+    # nbgrader runs `alembic` and starts kernels from PATH: use this interpreter's environment.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    cmd = [sys.executable, "-m", "nbgrader", *args]
+    proc = subprocess.run(cmd, cwd=course_dir, env=env, capture_output=True, text=True)
+    log = proc.stdout + proc.stderr
+    if not quiet:
+        sys.stderr.write(log)
+    if proc.returncode != 0:
+        tail = "\n".join(log.splitlines()[-30:])
+        raise CourseError(f"`nbgrader {' '.join(args)}` failed (exit {proc.returncode}):\n{tail}")
+    return log
+
+
+def release(
+    chapters: list[str] | None = None,
+    course_dir: Path = DEFAULT_COURSE_DIR,
+    source_dir: Path = CHAPTERS_DIR,
+    quiet: bool = False,
+) -> list[Path]:
+    """Generate the student versions of ``chapters`` (default: all); return their release folders."""
+    chapters = chapters or list_chapters(source_dir)
+    out = []
+    for chapter in chapters:
+        _check_chapter(chapter, source_dir)
+        run_nbgrader(course_dir, "generate_assignment", chapter, "--force", source_dir=source_dir, quiet=quiet)
+        out.append(course_dir / "release" / chapter)
+    return out
+
+
+def collect(chapter: str, submissions: Path, course_dir: Path = DEFAULT_COURSE_DIR) -> list[str]:
+    """Copy submissions into the course's ``submitted/`` tree; return the student ids.
+
+    Accepts ``SUBMISSIONS/<student>/<chapter>/*.ipynb`` (nbgrader's layout) or
+    ``SUBMISSIONS/<student>/*.ipynb``. The originals are only read, never modified.
+    """
+    submissions = Path(submissions)
+    if not submissions.is_dir():
+        raise CourseError(f"expected a folder of submissions at {submissions}")
+    students = []
+    for student_dir in sorted(p for p in submissions.iterdir() if p.is_dir()):
+        inner = student_dir / chapter if (student_dir / chapter).is_dir() else student_dir
+        notebooks = sorted(inner.glob("*.ipynb"))
+        if not notebooks:
+            continue
+        if not STUDENT_PATTERN.match(student_dir.name):
+            raise CourseError(
+                f"student folder {student_dir.name!r} is not a valid id: expected letters, digits, '_', '.', '-', '@'"
+            )
+        dest = course_dir / "submitted" / student_dir.name / chapter
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        for nb in notebooks:
+            shutil.copy2(nb, dest / nb.name)
+        students.append(student_dir.name)
+    if not students:
+        raise CourseError(
+            f"no submissions found in {submissions}: expected {submissions}/<student>/{chapter}/*.ipynb "
+            f"or {submissions}/<student>/*.ipynb"
+        )
+    return students
+
+
+def autograde(
+    chapter: str,
+    submissions: Path | None = None,
+    course_dir: Path = DEFAULT_COURSE_DIR,
+    source_dir: Path = CHAPTERS_DIR,
+    fast: bool = True,
+    quiet: bool = False,
+) -> list[str]:
+    """Autograde every submission of ``chapter`` (after collecting ``submissions`` if given).
+
+    Grading runs the notebooks in fast mode by default: the graded test cells never depend on the
+    chapter's long training runs. Returns the student ids graded.
+    """
+    _check_chapter(chapter, source_dir)
+    if not (course_dir / "release" / chapter).is_dir():
+        release([chapter], course_dir, source_dir, quiet=quiet)
+    if submissions is not None:
+        collect(chapter, submissions, course_dir)
+    submitted = course_dir / "submitted"
+    students = sorted(p.name for p in submitted.iterdir() if (p / chapter).is_dir()) if submitted.is_dir() else []
+    if not students:
+        raise CourseError(f"nothing to grade: no {submitted}/<student>/{chapter}/ folders")
+    run_nbgrader(course_dir, "autograde", chapter, "--force", source_dir=source_dir, fast=fast, quiet=quiet)
+    return students
+
+
+def feedback(chapter: str, course_dir: Path = DEFAULT_COURSE_DIR, source_dir: Path = CHAPTERS_DIR,
+             quiet: bool = False) -> Path:
+    """Generate HTML feedback (hidden tests removed) for every autograded submission; return its folder."""
+    _check_chapter(chapter, source_dir)
+    run_nbgrader(course_dir, "generate_feedback", chapter, "--force", source_dir=source_dir, quiet=quiet)
+    return course_dir / "feedback"
+
+
+def export(to: Path, course_dir: Path = DEFAULT_COURSE_DIR, source_dir: Path = CHAPTERS_DIR,
+           quiet: bool = False) -> Path:
+    """Write every student's grades to the CSV file ``to``; return its path."""
+    to = Path(to).resolve()
+    to.parent.mkdir(parents=True, exist_ok=True)
+    run_nbgrader(course_dir, "export", f"--CsvExportPlugin.to={to}", source_dir=source_dir, quiet=quiet)
+    return to
+
+
+def scores(chapter: str, course_dir: Path = DEFAULT_COURSE_DIR) -> dict[str, dict[str, tuple[float, float]]]:
+    """Return ``{student: {grade_id: (score, max_score)}}`` for ``chapter`` from the gradebook."""
+    from nbgrader.api import Gradebook
+
+    result: dict[str, dict[str, tuple[float, float]]] = {}
+    with Gradebook(f"sqlite:///{course_dir / 'gradebook.db'}") as gb:
+        for submission in gb.assignment_submissions(chapter):
+            per_cell = {}
+            for notebook in submission.notebooks:
+                for grade in notebook.grades:
+                    score = grade.score if grade.score is not None else 0.0
+                    per_cell[grade.name] = (float(score), float(grade.max_score))
+            result[submission.student.id] = per_cell
+    return result

@@ -1,0 +1,187 @@
+"""Checking helpers for exercises: exact comparisons with messages that say what is wrong.
+
+Every check names the exercise, converts the learner's result to a plain NumPy array *after*
+checking its exact type (so a learner object's ``__eq__`` or ``__array__`` is never trusted), and on
+failure says what was expected: the shape, the dtype, or the largest error and where it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class CheckFailure(AssertionError):
+    """An exercise check failed; the message says what was expected and what came."""
+
+
+def _is_numpy_scalar(value: Any) -> bool:
+    return isinstance(value, np.generic) and type(value).__module__ == "numpy"
+
+
+def to_numpy(exercise: str, name: str, value: Any, dtype: Any = np.float64) -> np.ndarray:
+    """Return ``value`` as a new NumPy array of ``dtype``, accepting only plain numeric types.
+
+    Accepted: ``numpy.ndarray`` (exactly, not a subclass), ``torch.Tensor``, Python ``int``/``float``
+    and NumPy scalars. Anything else (a list, ``None``, a custom object) fails with a message naming
+    the type that came, before any of its methods is called.
+    """
+    kind = type(value)
+    if kind is np.ndarray:
+        if value.dtype == object:
+            raise CheckFailure(f"{exercise}: {name} is an array of Python objects, expected numbers")
+        array = np.array(value, dtype=dtype, copy=True)
+    elif kind is torch.Tensor or kind is torch.nn.Parameter:
+        array = np.array(value.detach().cpu().numpy(), dtype=dtype, copy=True)
+    elif kind in (int, float) or _is_numpy_scalar(value):
+        array = np.array(value, dtype=dtype)
+    else:
+        raise CheckFailure(
+            f"{exercise}: {name} should be a numpy array or a number, got {kind.__name__}"
+            + (" (did you forget to return it?)" if value is None else "")
+        )
+    return array
+
+
+def check_shape(exercise: str, name: str, got: np.ndarray, expected_shape: Sequence[int]) -> None:
+    """Fail unless ``got.shape == expected_shape``, with a message showing both."""
+    expected_shape = tuple(expected_shape)
+    if tuple(got.shape) != expected_shape:
+        raise CheckFailure(
+            f"{exercise}: {name} has shape {tuple(got.shape)}, expected {expected_shape}"
+        )
+
+
+def check_tuple(exercise: str, got: Any, names: Sequence[str]) -> tuple:
+    """Return ``got`` as a tuple after checking it is a tuple/list of ``len(names)`` items."""
+    if type(got) not in (tuple, list):
+        raise CheckFailure(
+            f"{exercise}: expected a tuple ({', '.join(names)}), got {type(got).__name__}"
+        )
+    if len(got) != len(names):
+        raise CheckFailure(
+            f"{exercise}: expected {len(names)} values ({', '.join(names)}), got {len(got)}"
+        )
+    return tuple(got)
+
+
+def assert_close(
+    exercise: str,
+    name: str,
+    got: Any,
+    expected: Any,
+    *,
+    atol: float = 1e-6,
+    rtol: float = 1e-5,
+) -> np.ndarray:
+    """Return ``got`` as float64 after checking it matches ``expected`` in shape and value.
+
+    The failure message names the exercise and either the shape mismatch, the non-finite entries,
+    or the largest error, its index, and both values there.
+    """
+    expected_arr = to_numpy(exercise, f"reference {name}", expected)
+    got_arr = to_numpy(exercise, name, got)
+    check_shape(exercise, name, got_arr, expected_arr.shape)
+    bad = ~np.isfinite(got_arr) & np.isfinite(expected_arr)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise CheckFailure(
+            f"{exercise}: {name} has {int(bad.sum())} non-finite value(s), first at index {idx}: "
+            f"{got_arr[idx]} (expected {expected_arr[idx]:.6g}); an overflow or a division by zero?"
+        )
+    err = np.abs(got_arr - expected_arr)
+    tol = atol + rtol * np.abs(expected_arr)
+    if got_arr.size and (err > tol).any():
+        flat = int(np.argmax(err - tol))
+        idx = np.unravel_index(flat, err.shape) if err.ndim else ()
+        where = f" at index {tuple(int(i) for i in idx)}" if err.ndim else ""
+        raise CheckFailure(
+            f"{exercise}: {name} differs from the reference: largest error {err[idx]:.3g}{where} "
+            f"(got {got_arr[idx]:.6g}, expected {expected_arr[idx]:.6g}; "
+            f"tolerance atol={atol:g}, rtol={rtol:g}); {int((err > tol).sum())} of {err.size} "
+            f"entries are off"
+        )
+    return got_arr
+
+
+def numerical_gradient(f: Callable[[np.ndarray], float], x: np.ndarray, h: float = 1e-5) -> np.ndarray:
+    """Return the central-difference gradient of scalar ``f`` at ``x``, same shape as ``x``.
+
+    ``df/dx_i ~ (f(x + h e_i) - f(x - h e_i)) / (2h)``; ``x`` is left unchanged.
+    """
+    x = np.array(x, dtype=np.float64, copy=True)
+    grad = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        plus = float(f(x))
+        flat[i] = old - h
+        minus = float(f(x))
+        flat[i] = old
+        gflat[i] = (plus - minus) / (2 * h)
+    return grad
+
+
+def gradcheck(
+    exercise: str,
+    f: Callable[[np.ndarray], float],
+    x: np.ndarray,
+    analytic: Any,
+    *,
+    h: float = 1e-5,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+) -> None:
+    """Fail unless ``analytic`` matches the central-difference gradient of ``f`` at ``x``.
+
+    The message shows both numbers where they differ most.
+    """
+    numeric = numerical_gradient(f, x, h)
+    try:
+        assert_close(exercise, "gradient", analytic, numeric, atol=atol, rtol=rtol)
+    except CheckFailure as err:
+        raise CheckFailure(
+            str(err).replace("differs from the reference", "differs from the central-difference gradient")
+        ) from None
+
+
+class ForbiddenCall(CheckFailure):
+    """The learner's function called an op that the exercise asks them to rebuild."""
+
+
+@contextmanager
+def forbidden(exercise: str, *targets: tuple[Any, str]) -> Iterator[None]:
+    """Within the block, make each ``(owner, attribute)`` in ``targets`` raise :class:`ForbiddenCall`.
+
+    Used by hidden tests: an exercise is not solved by calling the op it rebuilds. The original
+    attributes are always restored.
+    """
+    saved = []
+    try:
+        for owner, attr in targets:
+            original = getattr(owner, attr)
+            label = f"{getattr(owner, '__name__', type(owner).__name__)}.{attr}"
+
+            def raiser(*args: Any, _label: str = label, **kwargs: Any) -> Any:
+                raise ForbiddenCall(
+                    f"{exercise}: your code called {_label}, which this exercise asks you to "
+                    f"rebuild from scratch with NumPy"
+                )
+
+            saved.append((owner, attr, original))
+            setattr(owner, attr, raiser)
+        yield
+    finally:
+        for owner, attr, original in reversed(saved):
+            setattr(owner, attr, original)
+
+
+def random_inputs(seed: int, *shapes: Sequence[int], scale: float = 1.0) -> list[np.ndarray]:
+    """Return float64 standard-normal arrays of the given shapes from a seeded generator."""
+    rng = np.random.default_rng(seed)
+    return [scale * rng.standard_normal(tuple(s)) for s in shapes]

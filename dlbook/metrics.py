@@ -1,0 +1,53 @@
+"""Recording a notebook's headline numbers for the benchmark (``make bench``).
+
+A chapter calls ``record_metric("test_accuracy", acc)``. When ``$DLBOOK_METRICS_FILE`` is set (the
+benchmark sets it per notebook) the value is merged into that JSON file, written atomically;
+otherwise it is only printed. Metric names are documented in the README.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+METRICS_ENV = "DLBOOK_METRICS_FILE"
+
+
+def read_metrics(path: str | os.PathLike) -> dict[str, float]:
+    """Return the metrics recorded in ``path`` (an empty dict if the file does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    with path.open() as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} should hold a JSON object of metrics, got {type(data).__name__}")
+    return data
+
+
+def record_metric(name: str, value: float) -> float:
+    """Record ``value`` under ``name`` for the benchmark and return it unchanged."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"metric name must be an identifier like 'test_accuracy', got {name!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"metric {name!r} must be a number, got {type(value).__name__}") from err
+    if not math.isfinite(number):
+        raise ValueError(f"metric {name!r} is {number}; only finite numbers can be recorded")
+    print(f"[dlbook metric] {name} = {number:.6g}")
+    target = os.environ.get(METRICS_ENV)
+    if target:
+        path = Path(target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = read_metrics(path)
+        data[name] = number
+        # Write to a temporary file and rename, so a crash never leaves half a JSON file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+    return number

@@ -1,0 +1,90 @@
+"""Shared fixtures: the chapters, and one nbgrader course graded once per test session."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from autograder import course
+from autograder.config import CHAPTERS_DIR, REPO_ROOT
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+CHAPTERS = course.list_chapters(CHAPTERS_DIR)
+NOTEBOOKS = sorted(CHAPTERS_DIR.glob("*/*.ipynb"))
+
+# One deliberate bug per chapter: (grade_id of the solution cell, code appended to it, the graded
+# cells that must lose their points). The bug wraps the correct function, so it does not depend on
+# how the solution is written.
+BUGS = {
+    "01_backprop": (
+        "ch01_matmul_backward_solution",
+        "\n_correct_matmul_backward = matmul_backward\n\n"
+        "def matmul_backward(dout, a, b):\n"
+        "    da, db = _correct_matmul_backward(dout, a, b)\n"
+        "    return da, -db  # deliberate sign error in db\n",
+        {"ch01_matmul_backward"},
+    ),
+}
+
+
+def nbgrader_meta(cell: nbformat.NotebookNode) -> dict:
+    return cell.get("metadata", {}).get("nbgrader", {})
+
+
+def fill_solutions(student_nb: nbformat.NotebookNode, source_nb: nbformat.NotebookNode,
+                   extra: dict[str, str] | None = None) -> nbformat.NotebookNode:
+    """Return a copy of a student notebook whose solution cells hold the instructor's answers.
+
+    ``extra`` maps a solution grade_id to code appended to that cell (a deliberate bug).
+    """
+    answers = {nbgrader_meta(c)["grade_id"]: c.source for c in source_nb.cells if nbgrader_meta(c).get("solution")}
+    nb = nbformat.from_dict(student_nb)
+    for cell in nb.cells:
+        meta = nbgrader_meta(cell)
+        if meta.get("solution"):
+            cell.source = answers[meta["grade_id"]] + (extra or {}).get(meta["grade_id"], "")
+    return nb
+
+
+def _hashes(folder: Path) -> dict[Path, str]:
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def graded(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Release every chapter, autograde three learners per chapter, return the course and scores.
+
+    alice submits the instructor's solutions, bob the untouched student release, carol the
+    solutions with the chapter's deliberate bug.
+    """
+    root = tmp_path_factory.mktemp("course")
+    course_dir = root / "course"
+    course.release(CHAPTERS, course_dir, quiet=True)
+    result = {"course_dir": course_dir, "submissions": root / "submissions", "scores": {}}
+    for chapter in CHAPTERS:
+        subs = root / "submissions" / chapter
+        for src in sorted((CHAPTERS_DIR / chapter).glob("*.ipynb")):
+            student_nb = nbformat.read(course_dir / "release" / chapter / src.name, as_version=4)
+            source_nb = nbformat.read(src, as_version=4)
+            learners = {"alice": fill_solutions(student_nb, source_nb), "bob": student_nb}
+            if chapter in BUGS:
+                grade_id, code, _ = BUGS[chapter]
+                learners["carol"] = fill_solutions(student_nb, source_nb, {grade_id: code})
+            for student, nb in learners.items():
+                dest = subs / student / chapter / src.name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                nbformat.write(nb, dest)
+        result.setdefault("hashes", {}).update(_hashes(subs))
+        course.autograde(chapter, subs, course_dir, fast=True, quiet=True)
+        result["scores"][chapter] = course.scores(chapter, course_dir)
+    return result
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT

@@ -1,0 +1,45 @@
+"""The course command line fails with messages that say what was expected."""
+
+from __future__ import annotations
+
+import pytest
+
+from autograder import course
+from autograder.__main__ import main
+
+
+def test_unknown_chapter(tmp_path, capsys) -> None:
+    code = main(["--course-dir", str(tmp_path / "c"), "release", "99_nope"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown chapter '99_nope'; expected one of:" in err and "01_backprop" in err
+
+
+def test_missing_submissions_folder(tmp_path) -> None:
+    with pytest.raises(course.CourseError, match="expected a folder of submissions"):
+        course.collect("01_backprop", tmp_path / "missing", tmp_path / "course")
+
+
+def test_empty_submissions_folder(tmp_path) -> None:
+    (tmp_path / "subs" / "alice").mkdir(parents=True)
+    with pytest.raises(course.CourseError, match=r"<student>/01_backprop/\*\.ipynb"):
+        course.collect("01_backprop", tmp_path / "subs", tmp_path / "course")
+
+
+def test_bad_student_id(tmp_path) -> None:
+    (tmp_path / "subs" / "bad name").mkdir(parents=True)
+    (tmp_path / "subs" / "bad name" / "x.ipynb").write_text("{}")
+    with pytest.raises(course.CourseError, match="not a valid id"):
+        course.collect("01_backprop", tmp_path / "subs", tmp_path / "course")
+
+
+def test_collect_copies_both_layouts(tmp_path) -> None:
+    subs = tmp_path / "subs"
+    (subs / "alice" / "01_backprop").mkdir(parents=True)
+    (subs / "alice" / "01_backprop" / "a.ipynb").write_text("A")
+    (subs / "bob").mkdir()
+    (subs / "bob" / "a.ipynb").write_text("B")
+    students = course.collect("01_backprop", subs, tmp_path / "course")
+    assert students == ["alice", "bob"]
+    assert (tmp_path / "course" / "submitted" / "bob" / "01_backprop" / "a.ipynb").read_text() == "B"
+    assert (subs / "bob" / "a.ipynb").read_text() == "B"
