@@ -28,8 +28,8 @@ configure(get_config(), course_dir={course_dir!r}, source_dir={source_dir!r})
 
 def configure(c: Any, course_dir: str | Path, source_dir: str | Path = CHAPTERS_DIR) -> Any:
     """Fill the traitlets config ``c`` with the course's nbgrader settings and return it."""
-    from nbgrader.preprocessors import ClearHiddenTests, GetGrades
     from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+    from nbgrader.preprocessors import ClearHiddenTests, GetGrades
 
     from .preprocessors import ShortenTestTracebacks
 

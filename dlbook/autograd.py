@@ -30,7 +30,7 @@ def derivative(f: Callable[[Any], Any], x: float) -> float:
     """Return the exact derivative ``f'(x)`` of a scalar function built from operators (+, *, **, /)."""
     xt = _t(float(x), requires_grad=True)
     (g,) = torch.autograd.grad(f(xt), xt)
-    return float(g)
+    return g.item()
 
 
 def gradient(f: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray) -> np.ndarray:
@@ -49,7 +49,7 @@ def mse_gradients(X: np.ndarray, y: np.ndarray, w: np.ndarray, b: float) -> tupl
     wt, bt = _t(w, requires_grad=True), _t(b, requires_grad=True)
     loss = ((Xt @ wt + bt - yt) ** 2).mean()
     dw, db = torch.autograd.grad(loss, (wt, bt))
-    return float(loss), dw.numpy(), float(db)
+    return loss.item(), dw.numpy(), db.item()
 
 
 def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -74,7 +74,7 @@ def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray) -> tuple[floa
     lt = _t(logits, requires_grad=True)
     loss = F.cross_entropy(lt, torch.as_tensor(np.asarray(targets), dtype=torch.long))
     (dl,) = torch.autograd.grad(loss, lt)
-    return float(loss), dl.numpy()
+    return loss.item(), dl.numpy()
 
 
 class Value:

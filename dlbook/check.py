@@ -34,10 +34,24 @@ def to_numpy(exercise: str, name: str, value: Any, dtype: Any = np.float64) -> n
     if kind is np.ndarray:
         if value.dtype == object:
             raise CheckFailure(f"{exercise}: {name} is an array of Python objects, expected numbers")
+        if value.dtype.kind not in "biuf":
+            raise CheckFailure(
+                f"{exercise}: {name} has dtype {value.dtype}, expected an array of real numbers"
+            )
         array = np.array(value, dtype=dtype, copy=True)
     elif kind is torch.Tensor or kind is torch.nn.Parameter:
+        if value.is_complex():
+            raise CheckFailure(
+                f"{exercise}: {name} has dtype {value.dtype}, expected a tensor of real numbers"
+            )
         array = np.array(value.detach().cpu().numpy(), dtype=dtype, copy=True)
-    elif kind in (int, float) or _is_numpy_scalar(value):
+    elif kind is int or kind is float:
+        array = np.array(value, dtype=dtype)
+    elif _is_numpy_scalar(value):
+        if value.dtype.kind not in "biuf":
+            raise CheckFailure(
+                f"{exercise}: {name} is a {value.dtype} scalar, expected a real number"
+            )
         array = np.array(value, dtype=dtype)
     else:
         raise CheckFailure(
@@ -161,10 +175,14 @@ def forbidden(exercise: str, *targets: tuple[Any, str]) -> Iterator[None]:
     Used by hidden tests: an exercise is not solved by calling the op it rebuilds. The original
     attributes are always restored.
     """
+    missing = object()
     saved = []
     try:
         for owner, attr in targets:
-            original = getattr(owner, attr)
+            getattr(owner, attr)  # fail early, with AttributeError, on a misspelt target
+            # Save what the owner itself holds (a staticmethod stays a staticmethod), or note that
+            # the attribute was inherited so restoring means deleting our shadow.
+            original = vars(owner).get(attr, missing) if hasattr(owner, "__dict__") else missing
             label = f"{getattr(owner, '__name__', type(owner).__name__)}.{attr}"
 
             def raiser(*args: Any, _label: str = label, **kwargs: Any) -> Any:
@@ -178,7 +196,10 @@ def forbidden(exercise: str, *targets: tuple[Any, str]) -> Iterator[None]:
         yield
     finally:
         for owner, attr, original in reversed(saved):
-            setattr(owner, attr, original)
+            if original is missing:
+                delattr(owner, attr)
+            else:
+                setattr(owner, attr, original)
 
 
 def random_inputs(seed: int, *shapes: Sequence[int], scale: float = 1.0) -> list[np.ndarray]:

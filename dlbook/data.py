@@ -92,13 +92,18 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Return the array stored in an IDX file (gzipped or not), e.g. images (N, 28, 28) uint8."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile) as err:
+        raise ValueError(f"{path} is not a complete gzip file ({err}); delete it and fetch it again") from err
     if len(data) < 4:
         raise ValueError(f"{path} is not an IDX file: only {len(data)} bytes")
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file (header {data[:4].hex()})")
+    if len(data) < 4 + 4 * ndim:
+        raise ValueError(f"{path} is truncated: the header announces {ndim} dimension sizes")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):

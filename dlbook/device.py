@@ -29,6 +29,10 @@ def device() -> torch.device:
             raise ValueError(
                 f"{DEVICE_ENV}={requested!r} is not a device name; expected cpu, cuda, cuda:N or mps"
             ) from err
+        if dev.type not in ("cpu", "cuda", "mps"):
+            raise ValueError(
+                f"{DEVICE_ENV}={requested!r} names a {dev.type} device; expected cpu, cuda, cuda:N or mps"
+            )
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"{DEVICE_ENV}={requested!r} but CUDA is not available here")
         if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():

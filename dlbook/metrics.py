@@ -32,6 +32,8 @@ def record_metric(name: str, value: float) -> float:
     """Record ``value`` under ``name`` for the benchmark and return it unchanged."""
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"metric name must be an identifier like 'test_accuracy', got {name!r}")
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"metric {name!r} must be a number, got {type(value).__name__} {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError) as err:
@@ -47,7 +49,11 @@ def record_metric(name: str, value: float) -> float:
         data[name] = number
         # Write to a temporary file and rename, so a crash never leaves half a JSON file.
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=2, sort_keys=True)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return number

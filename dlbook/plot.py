@@ -28,10 +28,16 @@ def show_images(
             raise ValueError(f"expected flat square images (N, H*W), got {arr.shape}")
         arr = arr.reshape(-1, side, side)
     if arr.ndim == 4:
+        if arr.shape[1] not in (1, 3):
+            raise ValueError(f"expected (N, C, H, W) with C = 1 or 3 channels, got {arr.shape}")
         arr = arr[:, 0] if arr.shape[1] == 1 else arr.transpose(0, 2, 3, 1)
     if arr.ndim not in (3, 4):
         raise ValueError(f"expected images of shape (N, H, W) or (N, C, H, W), got {arr.shape}")
     n = len(arr)
+    if n == 0:
+        raise ValueError("show_images() got no images; expected at least one")
+    if labels is not None and len(labels) < n:
+        raise ValueError(f"got {n} images but only {len(labels)} labels")
     ncols = max(1, min(ncols, n))
     nrows = int(np.ceil(n / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.3 * (labels is not None)))

@@ -68,7 +68,7 @@ class LivePlot:
             self._fig, axes = plt.subplots(1, len(self.panels), figsize=(5 * len(self.panels), 3.2))
             self._axes = np.atleast_1d(axes)
             plt.close(self._fig)  # shown through the display handle only, never twice
-        for ax, panel in zip(self._axes, self.panels):
+        for ax, panel in zip(self._axes, self.panels, strict=True):
             ax.clear()
             for key, values in self.history.items():
                 if key.endswith(panel):
@@ -125,7 +125,7 @@ def evaluate(
     for xb, yb in loader:
         xb, yb = xb.to(device), yb.to(device)
         out = model(xb)
-        total_loss += float(loss_fn(out, yb)) * len(yb)
+        total_loss += loss_fn(out, yb).item() * len(yb)
         correct += int((out.argmax(dim=1) == yb).sum())
         count += len(yb)
     model.train(was_training)
@@ -155,13 +155,15 @@ def fit(
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if len(train_loader) == 0:  # type: ignore[arg-type]
+        raise ValueError("fit() got an empty train_loader; expected at least one batch")
     device = device or default_device()
     model.to(device)
     plot = LivePlot(["loss", "accuracy"], title=title, enabled=live)
     start = time.perf_counter()
     steps = epochs * len(train_loader)  # type: ignore[arg-type]
     with tqdm(total=steps, desc=title or "training", leave=True) as bar:
-        for epoch in range(1, epochs + 1):
+        for _epoch in range(1, epochs + 1):
             model.train()
             total_loss, correct, count = 0.0, 0, 0
             for xb, yb in train_loader:
@@ -171,7 +173,7 @@ def fit(
                 loss = loss_fn(out, yb)
                 loss.backward()
                 optimizer.step()
-                total_loss += float(loss) * len(yb)
+                total_loss += loss.item() * len(yb)
                 correct += int((out.argmax(dim=1) == yb).sum())
                 count += len(yb)
                 bar.update(1)

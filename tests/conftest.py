@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import runpy
 from pathlib import Path
 
 import nbformat
@@ -14,22 +15,23 @@ from autograder.config import CHAPTERS_DIR, REPO_ROOT
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# DLBOOK_CHAPTERS=02_training,03_cnn limits the notebook and pipeline tests to those chapters
+# (handy while writing one); by default every chapter is tested.
 CHAPTERS = course.list_chapters(CHAPTERS_DIR)
-NOTEBOOKS = sorted(CHAPTERS_DIR.glob("*/*.ipynb"))
+if os.environ.get("DLBOOK_CHAPTERS"):
+    _wanted = set(os.environ["DLBOOK_CHAPTERS"].split(","))
+    if _wanted - set(CHAPTERS):
+        raise pytest.UsageError(f"DLBOOK_CHAPTERS names unknown chapters: {sorted(_wanted - set(CHAPTERS))}")
+    CHAPTERS = [c for c in CHAPTERS if c in _wanted]
+NOTEBOOKS = sorted(p for c in CHAPTERS for p in (CHAPTERS_DIR / c).glob("*.ipynb"))
 
-# One deliberate bug per chapter: (grade_id of the solution cell, code appended to it, the graded
-# cells that must lose their points). The bug wraps the correct function, so it does not depend on
-# how the solution is written.
-BUGS = {
-    "01_backprop": (
-        "ch01_matmul_backward_solution",
-        "\n_correct_matmul_backward = matmul_backward\n\n"
-        "def matmul_backward(dout, a, b):\n"
-        "    da, db = _correct_matmul_backward(dout, a, b)\n"
-        "    return da, -db  # deliberate sign error in db\n",
-        {"ch01_matmul_backward"},
-    ),
-}
+# One deliberate bug per chapter, in tests/bugs/NN_slug.py: SOLUTION_ID (the grade_id of a solution
+# cell), CODE (appended to that cell; it wraps the correct function, so it does not depend on how
+# the solution is written) and LOSES (the graded cells that must lose their points).
+BUGS: dict[str, tuple[str, str, set[str]]] = {}
+for _path in sorted((Path(__file__).parent / "bugs").glob("*.py")):
+    _bug = runpy.run_path(str(_path))
+    BUGS[_path.stem] = (_bug["SOLUTION_ID"], _bug["CODE"], set(_bug["LOSES"]))
 
 
 def nbgrader_meta(cell: nbformat.NotebookNode) -> dict:

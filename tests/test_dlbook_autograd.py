@@ -198,7 +198,7 @@ def test_softmax_cross_entropy_matches_closed_form_and_torch(seed, N, C):
     np.testing.assert_allclose(dlogits, (p - onehot) / N, rtol=1e-10, atol=1e-12)
 
     torch_loss = F.cross_entropy(torch.tensor(logits), torch.tensor(targets))
-    assert loss == pytest.approx(float(torch_loss), rel=1e-12, abs=1e-12)
+    assert loss == pytest.approx(torch_loss.item(), rel=1e-12, abs=1e-12)
 
 
 def test_softmax_cross_entropy_is_stable_for_huge_logits():
@@ -252,7 +252,7 @@ def test_value_gradients_match_torch_autograd(seed, expr):
     ta, tb, tc = _torch_leaves(a0, b0, c0)
     tout = expr(ta, tb, tc)
     tout.backward()
-    assert out.data == pytest.approx(float(tout), rel=1e-12, abs=1e-12)
+    assert out.data == pytest.approx(tout.item(), rel=1e-12, abs=1e-12)
     for v, t in [(a, ta), (b, tb), (c, tc)]:
         assert v.grad == pytest.approx(float(t.grad), rel=1e-10, abs=1e-12)
     assert out.grad == 1.0
@@ -353,7 +353,7 @@ def test_tensor_mlp_gradients_match_torch(seed, N, D, H, C):
     tloss = F.cross_entropy(torch.relu(torch.tensor(X) @ tW1 + tb1) @ tW2 + tb2, torch.tensor(y))
     tloss.backward()
 
-    assert float(loss.data) == pytest.approx(float(tloss), rel=1e-12)
+    assert float(loss.data) == pytest.approx(tloss.item(), rel=1e-12)
     for p, t in [(W1, tW1), (b1, tb1), (W2, tW2), (b2, tb2)]:
         assert p.grad.shape == t.shape
         np.testing.assert_allclose(p.grad, t.grad.numpy(), rtol=1e-10, atol=1e-12)
@@ -395,7 +395,7 @@ def test_tensor_gradient_descent_updates_parameters_in_place():
     tparams = _torch_leaves(*expected)
     hidden = torch.relu(torch.tensor(X) @ tparams[0] + tparams[1])
     tloss = F.cross_entropy(hidden @ tparams[2] + tparams[3], torch.tensor(y))
-    assert float(loss1.data) == pytest.approx(float(tloss), rel=1e-12)
+    assert float(loss1.data) == pytest.approx(tloss.item(), rel=1e-12)
     assert float(loss1.data) < float(loss0.data)
 
 

@@ -149,11 +149,6 @@ class _MetaImpostor(metaclass=_LyingMeta):
         return np.ones(())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dlbook/check.py:40 tests `kind in (int, float)`, which calls a metaclass __eq__; "
-    "use `kind is int or kind is float`",
-)
 def test_to_numpy_never_calls_a_lying_metaclass_eq():
     _Tracker.calls.clear()
     with pytest.raises(CheckFailure):
@@ -161,12 +156,6 @@ def test_to_numpy_never_calls_a_lying_metaclass_eq():
     assert _Tracker.calls == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dlbook/check.py:34-41 accepts any ndarray dtype and any numpy scalar: string arrays "
-    "are parsed as floats (or raise ValueError, not CheckFailure) and complex values lose their "
-    "imaginary part; accept only dtype.kind in 'biuf'",
-)
 @pytest.mark.parametrize(
     "value",
     [np.array(["1.5"]), np.array(["a"]), np.str_("2"), np.array([1 + 2j])],
@@ -373,12 +362,6 @@ class _SubOps(_Ops):
     pass
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dlbook/check.py:167-181 saves getattr(owner, attr) and restores it with setattr: a "
-    "staticmethod comes back as a plain function (instance calls then pass self) and an "
-    "inherited attribute is copied into the subclass; save owner.__dict__ entries instead",
-)
 def test_forbidden_restores_class_attributes_exactly():
     static = _Ops.__dict__["double"]
     with check.forbidden("ex", (_Ops, "double"), (_SubOps, "double")):

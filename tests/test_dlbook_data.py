@@ -123,11 +123,6 @@ def test_read_idx_rejects_bad_files(tmp_path, compress, content, match):
         data.read_idx(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dlbook/data.py:102 struct.unpack raises struct.error (not a ValueError) when the "
-    "file ends inside the dimension sizes; check len(data) >= 4 + 4 * ndim first",
-)
 def test_read_idx_truncated_inside_header_raises_value_error(tmp_path):
     path = tmp_path / "short.idx"
     path.write_bytes(struct.pack(">HBB", 0, 0x08, 3) + b"\x00\x00")
@@ -135,11 +130,6 @@ def test_read_idx_truncated_inside_header_raises_value_error(tmp_path):
         data.read_idx(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dlbook/data.py:95-96 lets gzip's EOFError/BadGzipFile (OSError) escape for a cut-off "
-    "or non-gzip .gz file; catch (OSError, EOFError) and raise ValueError naming the path",
-)
 @pytest.mark.parametrize("kind", ["cut-gzip-stream", "not-gzip"])
 def test_read_idx_corrupt_gzip_raises_value_error(tmp_path, kind):
     raw = idx_bytes(np.zeros((4, 28, 28), dtype=np.uint8))

@@ -73,11 +73,6 @@ def test_failed_write_keeps_the_old_file(monkeypatch, tmp_path):
     assert json.loads(target.read_text()) == {"a": 1.0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dlbook/metrics.py:49-52 leaves the mkstemp temporary file behind when writing fails; "
-    "remove it in an except/finally before re-raising",
-)
 def test_failed_write_leaves_no_temporary_file(monkeypatch, tmp_path):
     target = tmp_path / "metrics.json"
     target.write_text("{}")
@@ -117,11 +112,6 @@ def test_rejects_non_numbers(monkeypatch, tmp_path, value):
     assert not (tmp_path / "m.json").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dlbook/metrics.py:36 float(value) parses numeric strings, so record_metric('loss', "
-    "'0.5') records 0.5; reject str/bytes before converting",
-)
 def test_rejects_numeric_strings(monkeypatch, tmp_path):
     monkeypatch.setenv("DLBOOK_METRICS_FILE", str(tmp_path / "m.json"))
     with pytest.raises(TypeError):

@@ -11,23 +11,39 @@ import nbformat
 import pytest
 
 from autograder import course
+from autograder.bench import load_targets
 
 from .conftest import BUGS, CHAPTERS, CHAPTERS_DIR, nbgrader_meta
 
 pytestmark = pytest.mark.slow
 
 
-def _hidden_lines(source: str) -> list[str]:
-    """Return the distinctive lines of a cell's hidden-test regions."""
-    lines, inside = [], False
+def _split_hidden(source: str) -> tuple[list[str], list[str]]:
+    """Return the stripped lines of a cell (hidden-test regions, everything else)."""
+    hidden, visible, inside = [], [], False
     for line in source.splitlines():
         if "### BEGIN HIDDEN TESTS" in line:
             inside = True
         elif "### END HIDDEN TESTS" in line:
             inside = False
-        elif inside and len(line.strip()) > 25:
-            lines.append(line.strip())
-    return lines
+        else:
+            (hidden if inside else visible).append(line.strip())
+    return hidden, visible
+
+
+def _hidden_only_lines(notebook: nbformat.NotebookNode) -> list[str]:
+    """Return the distinctive hidden-test lines that appear nowhere else in ``notebook``.
+
+    A line such as ``with check.forbidden(...)`` may also sit (whole or as part of a longer line) in
+    a visible check; seeing it in the feedback is then no leak.
+    """
+    hidden, visible = set(), set()
+    for cell in notebook.cells:
+        h, v = _split_hidden(cell.source)
+        hidden.update(line for line in h if len(line) > 25)
+        visible.update(v)
+    visible_text = "\n".join(visible)
+    return sorted(line for line in hidden if line not in visible_text)
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
@@ -42,9 +58,8 @@ def test_student_release_has_no_solutions_or_hidden_tests(graded, chapter) -> No
         nb = nbformat.read(student, as_version=4)
         solution_cells = [c for c in nb.cells if nbgrader_meta(c).get("solution")]
         assert solution_cells and all("raise NotImplementedError()" in c.source for c in solution_cells)
-        for cell in nbformat.read(src, as_version=4).cells:
-            for line in _hidden_lines(cell.source):
-                assert line not in text, f"hidden test line leaked into the release: {line}"
+        for line in _hidden_only_lines(nbformat.read(src, as_version=4)):
+            assert line not in text, f"hidden test line leaked into the release: {line}"
 
 
 def _totals(cells: dict[str, tuple[float, float]]) -> tuple[float, float]:
@@ -67,7 +82,18 @@ def test_untouched_release_gets_zero(graded, chapter) -> None:
     assert total > 0 and got == 0, f"the blank release scored {got} / {total}"
 
 
-@pytest.mark.parametrize("chapter", sorted(BUGS))
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_every_chapter_has_a_deliberate_bug_and_targets(chapter) -> None:
+    assert chapter in BUGS, f"add tests/bugs/{chapter}.py (SOLUTION_ID, CODE, LOSES)"
+    targets = load_targets()
+    for src in sorted((CHAPTERS_DIR / chapter).glob("*.ipynb")):
+        rel = f"chapters/{chapter}/{src.name}"
+        assert "seconds" in targets.get(rel, {}), (
+            f"add a seconds target for {src.name} to autograder/targets/{chapter}.json"
+        )
+
+
+@pytest.mark.parametrize("chapter", [c for c in CHAPTERS if c in BUGS])
 def test_one_bug_loses_exactly_its_points(graded, chapter) -> None:
     _, _, broken = BUGS[chapter]
     alice, carol = graded["scores"][chapter]["alice"], graded["scores"][chapter]["carol"]
@@ -86,7 +112,7 @@ def test_submissions_are_never_modified(graded) -> None:
 def test_feedback_hides_hidden_tests(graded, chapter) -> None:
     feedback = course.feedback(chapter, graded["course_dir"], quiet=True)
     hidden = [line for src in (CHAPTERS_DIR / chapter).glob("*.ipynb")
-              for cell in nbformat.read(src, as_version=4).cells for line in _hidden_lines(cell.source)]
+              for line in _hidden_only_lines(nbformat.read(src, as_version=4))]
     assert hidden, "expected hidden tests in the source notebooks"
     pages = sorted(feedback.glob(f"*/{chapter}/*.html"))
     assert {p.parent.parent.name for p in pages} >= {"alice", "bob"}

@@ -6,10 +6,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from autograder.config import REPO_ROOT
 
@@ -17,7 +17,7 @@ from autograder.config import REPO_ROOT
 def _pyproject_deps() -> dict[str, str]:
     data = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     deps = data["project"]["dependencies"] + data["project"]["optional-dependencies"]["dev"]
-    return {re.split(r"[<>=!~]", d, 1)[0].strip(): d.replace(" ", "") for d in deps}
+    return {re.split(r"[<>=!~]", d, maxsplit=1)[0].strip(): d.replace(" ", "") for d in deps}
 
 
 def test_torch_is_pinned_exactly() -> None:
