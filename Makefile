@@ -28,8 +28,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 lab: venv
-	$(PY) -m autograder workspace
-	$(PY) -m jupyter lab --notebook-dir=workspace --port=$(PORT) --ServerApp.open_browser=False
+	@$(PY) -m autograder.lab --port $(PORT)
 
 test: venv
 	$(PY) -m pytest

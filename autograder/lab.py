@@ -1,0 +1,145 @@
+"""``make lab``: build the learner workspace, then run JupyterLab on it and say where to open it.
+
+``python -m autograder.lab [--port 8888] [--dest workspace]``
+
+- The workspace is synced first (new notebooks copied in, nothing ever overwritten).
+- If a JupyterLab server is already running on this workspace, its URL is printed and nothing new
+  is started (a second ``make lab`` says so instead of failing on a busy port).
+- The server listens on 127.0.0.1 with a fresh random token; the URL printed includes it.
+- Ctrl-C stops the server cleanly (JupyterLab shuts its kernels down) and returns exit status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from .config import CHAPTERS_DIR, DEFAULT_COURSE_DIR, REPO_ROOT
+
+
+def running_servers(root: Path) -> list[dict]:
+    """Return the running Jupyter servers (as listed by jupyter_server) whose root is ``root``."""
+    from jupyter_server.serverapp import list_running_servers
+
+    root = root.resolve()
+    found = []
+    for info in list_running_servers():
+        server_root = info.get("root_dir") or info.get("notebook_dir") or ""
+        if server_root and Path(server_root).resolve() == root and _pid_alive(info.get("pid")):
+            found.append(info)
+    return found
+
+
+def _pid_alive(pid: object) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def server_url(info: dict) -> str:
+    """Return the lab URL, token included, of a running server described by ``info``."""
+    base = info["url"].rstrip("/")
+    token = info.get("token") or ""
+    return f"{base}/lab" + (f"?token={token}" if token else "")
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def lab_command(dest: Path, port: int, token: str) -> list[str]:
+    """Return the command line that starts JupyterLab on ``dest``."""
+    cmd = [
+        sys.executable, "-m", "jupyter", "lab",
+        f"--ServerApp.root_dir={dest}",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        "--ServerApp.open_browser=False",
+        f"--IdentityProvider.token={token}",
+    ]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")  # containers (Binder, CI, Docker) often run as root
+    return cmd
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m autograder.lab", description=__doc__.splitlines()[0])
+    parser.add_argument("--dest", type=Path, default=REPO_ROOT / "workspace")
+    parser.add_argument("--port", type=int, default=8888)
+    parser.add_argument("--course-dir", type=Path, default=DEFAULT_COURSE_DIR)
+    parser.add_argument("--source-dir", type=Path, default=CHAPTERS_DIR)
+    args = parser.parse_args(argv)
+    dest = args.dest.resolve()
+
+    already = running_servers(dest) if dest.exists() else []
+    if already:
+        print(f"JupyterLab is already running on {dest} (pid {already[0]['pid']}). Open:\n\n"
+              f"    {server_url(already[0])}\n\nStop it with Ctrl-C in its terminal before starting another.")
+        return 0
+
+    from . import course
+    from .workspace import sync_workspace
+
+    try:
+        course.release(None, args.course_dir.resolve(), args.source_dir.resolve(), quiet=True)
+    except course.CourseError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    report = sync_workspace(args.course_dir.resolve() / "release", dest)
+    print(f"Workspace: {dest}")
+    print(report.summary())
+
+    if not port_is_free(args.port):
+        print(f"error: port {args.port} on 127.0.0.1 is in use by another program; "
+              f"choose another with `make lab PORT=8890`", file=sys.stderr)
+        return 2
+    token = secrets.token_hex(24)
+    url = f"http://127.0.0.1:{args.port}/lab?token={token}"
+    proc = subprocess.Popen(lab_command(dest, args.port, token), stdout=sys.stdout, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    announced = False
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            if not announced and ("is running at" in line or "Use Control-C" in line):
+                announced = True
+                print(f"\n  dlbook is ready. Open this URL in your browser:\n\n      {url}\n\n"
+                      f"  Stop with Ctrl-C.\n", flush=True)
+        return proc.wait()
+    except KeyboardInterrupt:
+        # JupyterLab asks for confirmation on the first SIGINT; SIGTERM shuts it down at once, kernels too.
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        print("\nJupyterLab stopped. Your notebooks are in", dest)
+        return 0
+    finally:
+        if proc.poll() is None:  # never leave a server behind, whatever ended the launcher
+            proc.kill()
+            proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
