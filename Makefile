@@ -7,7 +7,7 @@ CHAPTER ?= 01_backprop
 SUBMISSIONS ?= submissions
 PORT ?= 8888
 
-.PHONY: help venv lab test bench release autograde feedback grades formgrader lint clean
+.PHONY: help venv lab test bench release autograde grade feedback grades formgrader lint clean
 
 help:
 	@echo "make lab          build workspace/ from the student release (never overwriting) and open JupyterLab"
@@ -15,6 +15,7 @@ help:
 	@echo "make bench        run every chapter at full settings -> build/bench.json"
 	@echo "make release      instructor: generate student versions of all chapters (build/course/release)"
 	@echo "make autograde CHAPTER=01_backprop SUBMISSIONS=dir   instructor: autograde a folder of submissions"
+	@echo "make grade CHAPTER=01_backprop SUBMISSIONS=dir|zip [WORKERS=n] [DB=url]   instructor: confined, parallel grading"
 	@echo "make feedback CHAPTER=01_backprop   instructor: HTML feedback, hidden tests removed"
 	@echo "make grades       instructor: export all grades to build/grades.csv"
 	@echo "make formgrader   instructor: JupyterLab with nbgrader's formgrader on the course directory"
@@ -42,14 +43,17 @@ release: venv
 autograde: venv
 	$(PY) -m autograder autograde $(CHAPTER) $(SUBMISSIONS)
 
+grade: venv
+	$(PY) -m autograder grade $(CHAPTER) $(SUBMISSIONS) $(if $(WORKERS),--workers $(WORKERS)) $(if $(DB),--db $(DB))
+
 feedback: venv
 	$(PY) -m autograder feedback $(CHAPTER)
 
 grades: venv
 	$(PY) -m autograder export --to build/grades.csv
 
-formgrader: venv release
-	cd build/course && ../../$(PY) -m jupyter lab --port=$(PORT) --ServerApp.open_browser=False
+formgrader: venv
+	@$(PY) -m autograder.lab --instructor --port $(PORT)
 
 lint: venv
 	$(PY) -m ruff check dlbook autograder tests

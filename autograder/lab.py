@@ -1,6 +1,8 @@
 """``make lab``: build the learner workspace, then run JupyterLab on it and say where to open it.
 
-``python -m autograder.lab [--port 8888] [--dest workspace]``
+``python -m autograder.lab [--port 8888] [--dest workspace]``; with ``--instructor`` (``make
+formgrader``) it releases every chapter and serves the nbgrader course directory instead, opening on
+nbgrader's formgrader.
 
 - The workspace is synced first (new notebooks copied in, nothing ever overwritten).
 - If a JupyterLab server is already running on this workspace, its URL is printed and nothing new
@@ -48,11 +50,11 @@ def _pid_alive(pid: object) -> bool:
     return True
 
 
-def server_url(info: dict) -> str:
-    """Return the lab URL, token included, of a running server described by ``info``."""
+def server_url(info: dict, page: str = "lab") -> str:
+    """Return the URL of ``page``, token included, of a running server described by ``info``."""
     base = info["url"].rstrip("/")
     token = info.get("token") or ""
-    return f"{base}/lab" + (f"?token={token}" if token else "")
+    return f"{base}/{page}" + (f"?token={token}" if token else "")
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -86,35 +88,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8888)
     parser.add_argument("--course-dir", type=Path, default=DEFAULT_COURSE_DIR)
     parser.add_argument("--source-dir", type=Path, default=CHAPTERS_DIR)
+    parser.add_argument("--instructor", action="store_true",
+                        help="serve the course directory with nbgrader's formgrader instead of the workspace")
     args = parser.parse_args(argv)
-    dest = args.dest.resolve()
+    course_dir = args.course_dir.resolve()
+    dest = course_dir if args.instructor else args.dest.resolve()
+    page = "formgrader" if args.instructor else "lab"
 
     already = running_servers(dest) if dest.exists() else []
     if already:
         print(f"JupyterLab is already running on {dest} (pid {already[0]['pid']}). Open:\n\n"
-              f"    {server_url(already[0])}\n\nStop it with Ctrl-C in its terminal before starting another.")
+              f"    {server_url(already[0], page)}\n\nStop it with Ctrl-C in its terminal before starting another.")
         return 0
 
     from . import course
     from .workspace import sync_workspace
 
     try:
-        course.release(None, args.course_dir.resolve(), args.source_dir.resolve(), quiet=True)
+        course.release(None, course_dir, args.source_dir.resolve(), quiet=True)
     except course.CourseError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    report = sync_workspace(args.course_dir.resolve() / "release", dest)
-    print(f"Workspace: {dest}")
-    print(report.summary())
+    if args.instructor:
+        print(f"Course directory: {course_dir} (student versions in release/)")
+    else:
+        report = sync_workspace(course_dir / "release", dest)
+        print(f"Workspace: {dest}")
+        print(report.summary())
 
     if not port_is_free(args.port):
         print(f"error: port {args.port} on 127.0.0.1 is in use by another program; "
               f"choose another with `make lab PORT=8890`", file=sys.stderr)
         return 2
     token = secrets.token_hex(24)
-    url = f"http://127.0.0.1:{args.port}/lab?token={token}"
+    url = f"http://127.0.0.1:{args.port}/{page}?token={token}"
+    # nbgrader reads nbgrader_config.py from the working directory: the course's, for the formgrader.
     proc = subprocess.Popen(lab_command(dest, args.port, token), stdout=sys.stdout, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, cwd=dest)
     announced = False
     try:
         assert proc.stderr is not None
@@ -133,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        print("\nJupyterLab stopped. Your notebooks are in", dest)
+        print("\nJupyterLab stopped." + ("" if args.instructor else f" Your notebooks are in {dest}"))
         return 0
     finally:
         if proc.poll() is None:  # never leave a server behind, whatever ended the launcher

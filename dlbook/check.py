@@ -188,7 +188,7 @@ def forbidden(exercise: str, *targets: tuple[Any, str]) -> Iterator[None]:
             def raiser(*args: Any, _label: str = label, **kwargs: Any) -> Any:
                 raise ForbiddenCall(
                     f"{exercise}: your code called {_label}, which this exercise asks you to "
-                    f"rebuild from scratch with NumPy"
+                    f"rebuild yourself; write it from the simpler operations instead"
                 )
 
             saved.append((owner, attr, original))
