@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import runpy
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -57,33 +58,45 @@ def _hashes(folder: Path) -> dict[Path, str]:
     return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _grade_chapter(chapter: str, root: Path) -> tuple[Path, dict[Path, str], dict]:
+    """Release ``chapter`` into its own course directory and autograde alice, bob and carol there."""
+    course_dir = root / "course" / chapter
+    course.release([chapter], course_dir, quiet=True)
+    subs = root / "submissions" / chapter
+    for src in sorted((CHAPTERS_DIR / chapter).glob("*.ipynb")):
+        student_nb = nbformat.read(course_dir / "release" / chapter / src.name, as_version=4)
+        source_nb = nbformat.read(src, as_version=4)
+        learners = {"alice": fill_solutions(student_nb, source_nb), "bob": student_nb}
+        if chapter in BUGS:
+            grade_id, code, _ = BUGS[chapter]
+            learners["carol"] = fill_solutions(student_nb, source_nb, {grade_id: code})
+        for student, nb in learners.items():
+            dest = subs / student / chapter / src.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            nbformat.write(nb, dest)
+    hashes = _hashes(subs)
+    course.autograde(chapter, subs, course_dir, fast=True, quiet=True)
+    return course_dir, hashes, course.scores(chapter, course_dir)
+
+
 @pytest.fixture(scope="session")
 def graded(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Release every chapter, autograde three learners per chapter, return the course and scores.
+    """Release every chapter, autograde three learners per chapter, return the courses and scores.
 
     alice submits the instructor's solutions, bob the untouched student release, carol the
-    solutions with the chapter's deliberate bug.
+    solutions with the chapter's deliberate bug. Each chapter is its own nbgrader course directory
+    (its own gradebook), so chapters are graded in parallel, one per core.
     """
     root = tmp_path_factory.mktemp("course")
-    course_dir = root / "course"
-    course.release(CHAPTERS, course_dir, quiet=True)
-    result = {"course_dir": course_dir, "submissions": root / "submissions", "scores": {}}
-    for chapter in CHAPTERS:
-        subs = root / "submissions" / chapter
-        for src in sorted((CHAPTERS_DIR / chapter).glob("*.ipynb")):
-            student_nb = nbformat.read(course_dir / "release" / chapter / src.name, as_version=4)
-            source_nb = nbformat.read(src, as_version=4)
-            learners = {"alice": fill_solutions(student_nb, source_nb), "bob": student_nb}
-            if chapter in BUGS:
-                grade_id, code, _ = BUGS[chapter]
-                learners["carol"] = fill_solutions(student_nb, source_nb, {grade_id: code})
-            for student, nb in learners.items():
-                dest = subs / student / chapter / src.name
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                nbformat.write(nb, dest)
-        result.setdefault("hashes", {}).update(_hashes(subs))
-        course.autograde(chapter, subs, course_dir, fast=True, quiet=True)
-        result["scores"][chapter] = course.scores(chapter, course_dir)
+    result: dict = {"course_dirs": {}, "hashes": {}, "scores": {}}
+    workers = max(1, min(len(CHAPTERS), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {chapter: pool.submit(_grade_chapter, chapter, root) for chapter in CHAPTERS}
+        for chapter, future in futures.items():
+            course_dir, hashes, scores = future.result()
+            result["course_dirs"][chapter] = course_dir
+            result["hashes"].update(hashes)
+            result["scores"][chapter] = scores
     return result
 
 

@@ -48,7 +48,7 @@ def _hidden_only_lines(notebook: nbformat.NotebookNode) -> list[str]:
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_student_release_has_no_solutions_or_hidden_tests(graded, chapter) -> None:
-    release = graded["course_dir"] / "release" / chapter
+    release = graded["course_dirs"][chapter] / "release" / chapter
     for src in sorted((CHAPTERS_DIR / chapter).glob("*.ipynb")):
         student = release / src.name
         assert student.exists(), f"{student} was not generated"
@@ -110,7 +110,7 @@ def test_submissions_are_never_modified(graded) -> None:
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_feedback_hides_hidden_tests(graded, chapter) -> None:
-    feedback = course.feedback(chapter, graded["course_dir"], quiet=True)
+    feedback = course.feedback(chapter, graded["course_dirs"][chapter], quiet=True)
     hidden = {src.stem: _hidden_only_lines(nbformat.read(src, as_version=4))
               for src in (CHAPTERS_DIR / chapter).glob("*.ipynb")}
     assert any(hidden.values()), "expected hidden tests in the source notebooks"
@@ -123,8 +123,9 @@ def test_feedback_hides_hidden_tests(graded, chapter) -> None:
         assert not leaked, f"{page} shows hidden test code: {leaked[:2]}"
 
 
-def test_grades_export_csv(graded, tmp_path) -> None:
-    out = course.export(tmp_path / "grades.csv", graded["course_dir"], quiet=True)
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_grades_export_csv(graded, chapter, tmp_path) -> None:
+    out = course.export(tmp_path / "grades.csv", graded["course_dirs"][chapter], quiet=True)
     rows = list(csv.DictReader(out.open()))
     by_student = {}
     for row in rows:
@@ -132,4 +133,4 @@ def test_grades_export_csv(graded, tmp_path) -> None:
         by_student[row["student_id"]] += float(row["score"])
     assert set(by_student) >= {"alice", "bob"}
     assert by_student["bob"] == 0
-    assert by_student["alice"] == sum(_totals(graded["scores"][c]["alice"])[1] for c in CHAPTERS)
+    assert by_student["alice"] == _totals(graded["scores"][chapter]["alice"])[1]
