@@ -1,0 +1,396 @@
+"""Data-parallel training on torch.distributed: launching process groups, sharding, all-reduce.
+
+A notebook (or a test) cannot become several processes, so :func:`launch` starts ``world_size``
+fresh Python processes, each of which joins one gloo process group on 127.0.0.1 and calls the same
+function ``fn(rank, world_size, *args)``; the return values come back as a list indexed by rank.
+The function travels by value (cloudpickle), so a function defined in a notebook cell works. Worker
+output is captured (never printed to the caller's stderr), a hung collective is killed after
+``timeout`` seconds, and a failing rank stops the others at once.
+
+:func:`run_torchrun` launches a *script* the way one does on a cluster, with ``torchrun``.
+
+The references here call torch.distributed's own collectives (``dist.all_reduce``) and samplers
+(``DistributedSampler``); the chapter rebuilds them from point-to-point messages.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+try:  # ships functions defined in a notebook (``__main__``) by value; a gymnasium dependency
+    import cloudpickle as _pickler
+except ImportError:  # pragma: no cover - then only module-level functions can be launched
+    _pickler = pickle
+
+LOCALHOST = "127.0.0.1"
+
+# The collectives a from-scratch all-reduce must not call (hidden tests make them raise).
+COLLECTIVES = (
+    "all_reduce", "reduce", "all_gather", "all_gather_into_tensor", "all_gather_object", "reduce_scatter",
+    "reduce_scatter_tensor", "broadcast", "gather", "scatter", "all_to_all", "all_to_all_single",
+)
+
+
+class WorkerError(RuntimeError):
+    """A launched rank raised, crashed or hung; the message carries its error and output tail."""
+
+
+def free_port(host: str = LOCALHOST) -> int:
+    """Return a TCP port that was free on ``host`` a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _loopback_interface() -> str | None:
+    if sys.platform.startswith("linux"):
+        return "lo"
+    if sys.platform == "darwin":
+        return "lo0"
+    return None
+
+
+def worker_env(rank: int, world_size: int, port: int, threads: int = 1) -> dict[str, str]:
+    """Return the environment for one local rank: torch.distributed's ``env://`` variables and threads.
+
+    ``MASTER_ADDR=127.0.0.1`` and the loopback interface for gloo, so nothing leaves the machine;
+    ``OMP_NUM_THREADS=threads`` so that N processes on N cores do not fight over them.
+    """
+    env = dict(os.environ)
+    env.update({
+        "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
+        "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": LOCALHOST, "MASTER_PORT": str(port),
+        "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
+    })
+    iface = _loopback_interface()
+    if iface and "GLOO_SOCKET_IFNAME" not in os.environ:
+        env["GLOO_SOCKET_IFNAME"] = iface
+    cwd = os.getcwd()
+    env["PYTHONPATH"] = os.pathsep.join([cwd, env["PYTHONPATH"]]) if env.get("PYTHONPATH") else cwd
+    env.pop("MPLBACKEND", None)
+    env["MPLBACKEND"] = "Agg"
+    return env
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, AttributeError):
+            proc.kill()
+    proc.wait()
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def launch(
+    fn: Callable[..., Any],
+    world_size: int = 2,
+    args: Sequence[Any] = (),
+    *,
+    timeout: float = 60.0,
+    forbid: Sequence[tuple[str, str]] = (),
+    exercise: str = "",
+    threads: int = 1,
+    echo: bool = False,
+    grace: float = 60.0,
+) -> list[Any]:
+    """Return ``[fn(0, world_size, *args), ..., fn(world_size - 1, world_size, *args)]`` run in a gloo group.
+
+    Each rank is a fresh process that has already called ``dist.init_process_group("gloo")``; ``fn``
+    and ``args`` travel by value, so ``fn`` may be defined in a notebook. ``forbid`` lists
+    ``("module", "attribute")`` pairs (e.g. ``("torch.distributed", "all_reduce")``) that raise
+    inside the workers while ``fn`` runs. ``echo=True`` prints each rank's stdout afterwards.
+
+    Raises :class:`WorkerError` naming the rank and its error when a rank fails (a collective or a
+    ``recv`` that waits more than ``timeout`` seconds fails inside gloo), and when the group has not
+    finished ``timeout + grace`` seconds after the start (``grace`` covers process start-up);
+    every process is killed first.
+    """
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    if timeout <= 0 or grace < 0:
+        raise ValueError(f"expected timeout > 0 and grace >= 0, got timeout={timeout}, grace={grace}")
+    payload = _pickler.dumps((fn, tuple(args), tuple(forbid), exercise, timeout))
+    for attempt in range(3):
+        try:
+            return _launch_once(payload, world_size, timeout + grace, threads, echo)
+        except WorkerError as err:  # another process took the port between free_port() and bind
+            if attempt == 2 or "address already in use" not in str(err).lower():
+                raise
+    raise AssertionError("unreachable")
+
+
+def _launch_once(payload: bytes, world_size: int, limit: float, threads: int, echo: bool) -> list[Any]:
+    with tempfile.TemporaryDirectory(prefix="dlbook_dist_") as tmp:
+        tmp_path = Path(tmp)
+        (tmp_path / "payload.pkl").write_bytes(payload)
+        port = free_port()
+        procs, logs = [], []
+        try:
+            for rank in range(world_size):
+                log = tmp_path / f"rank{rank}.log"
+                logs.append(log)
+                with log.open("wb") as out:
+                    procs.append(subprocess.Popen(
+                        [sys.executable, "-m", "dlbook.distributed", str(tmp_path / "payload.pkl"),
+                         str(tmp_path / f"result{rank}.pkl")],
+                        env=worker_env(rank, world_size, port, threads), stdout=out, stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL, start_new_session=True,
+                    ))
+            deadline = time.monotonic() + limit
+            failed = None
+            while True:
+                codes = [p.poll() for p in procs]
+                failed = next((r for r, c in enumerate(codes) if c not in (None, 0)), None)
+                if failed is not None or all(c == 0 for c in codes):
+                    break
+                if time.monotonic() > deadline:
+                    waiting = [r for r, c in enumerate(codes) if c is None]
+                    raise WorkerError(
+                        f"the process group did not finish within {limit:g} s; ranks {waiting} were still "
+                        "running (a collective that not every rank joined, or a send without a matching "
+                        "recv?). Last output of rank 0:\n" + _tail(logs[0])
+                    )
+                time.sleep(0.02)
+            if failed is not None:
+                raise WorkerError(_failure_message(procs, logs, tmp_path))
+        finally:
+            for proc in procs:
+                _kill(proc)
+        results = []
+        for rank in range(world_size):
+            status, value = pickle.loads((tmp_path / f"result{rank}.pkl").read_bytes())
+            results.append(value)
+        if echo:
+            for rank, log in enumerate(logs):
+                for line in log.read_text(errors="replace").splitlines():
+                    print(f"[rank {rank}] {line}")
+        return results
+
+
+def _failure_message(procs: list[subprocess.Popen], logs: list[Path], tmp_path: Path) -> str:
+    """Return the error of the rank that failed first-hand (not one that lost its peer)."""
+    deadline = time.monotonic() + 2.0  # let the other ranks notice and report
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.02)
+    reports = []
+    for rank, proc in enumerate(procs):
+        if proc.poll() in (None, 0):
+            continue
+        result_file = tmp_path / f"result{rank}.pkl"
+        message = ""
+        if result_file.exists():
+            status, value = pickle.loads(result_file.read_bytes())
+            message = value if status == "error" else ""
+        message = message or "no error message; its last output:\n" + _tail(logs[rank])
+        secondary = "connection closed" in message.lower() or "connection reset" in message.lower()
+        reports.append((secondary, rank, proc.returncode, message))
+    _, rank, code, message = min(reports)
+    return f"rank {rank} of {len(procs)} failed (exit code {code}): {message}"
+
+
+@contextmanager
+def _forbidding(exercise: str, targets: Sequence[tuple[str, str]]) -> Iterator[None]:
+    from .check import ForbiddenCall
+
+    saved = []
+    try:
+        for module_name, attr in targets:
+            owner = importlib.import_module(module_name)
+            saved.append((owner, attr, getattr(owner, attr)))
+
+            def raiser(*args: Any, _label: str = f"{module_name}.{attr}", **kwargs: Any) -> Any:
+                raise ForbiddenCall(f"{exercise}: your code called {_label}, which this exercise asks you to "
+                                    "rebuild from point-to-point messages (send/recv, isend/irecv)")
+
+            setattr(owner, attr, raiser)
+        yield
+    finally:
+        for owner, attr, original in reversed(saved):
+            setattr(owner, attr, original)
+
+
+def _worker_main(payload_path: str, result_path: str) -> int:
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    status, value = "error", ""
+    try:
+        fn, args, forbid, exercise, timeout = pickle.loads(Path(payload_path).read_bytes())
+        dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout))
+        try:
+            with _forbidding(exercise, forbid):
+                value = fn(rank, world_size, *args)
+            status = "ok"
+        finally:
+            dist.destroy_process_group()
+    except BaseException as err:  # noqa: BLE001 - every failure goes back to the parent as text
+        value = f"{type(err).__name__}: {err}"
+        traceback.print_exc()
+    Path(result_path).write_bytes(_pickler.dumps((status, value)))
+    return 0 if status == "ok" else 1
+
+
+def torchrun_command(script: str | os.PathLike, nproc: int, script_args: Sequence[str] = (),
+                     port: int | None = None) -> list[str]:
+    """Return the ``torchrun`` command line that runs ``script`` on ``nproc`` local processes.
+
+    On one machine: ``python -m torch.distributed.run --nnodes=1 --nproc-per-node=N
+    --master-addr=127.0.0.1 --master-port=PORT script.py ARGS`` (``torchrun`` is the same program).
+    """
+    if nproc < 1:
+        raise ValueError(f"nproc must be >= 1, got {nproc}")
+    port = free_port() if port is None else port
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={nproc}",
+            f"--master-addr={LOCALHOST}", f"--master-port={port}", str(script), *map(str, script_args)]
+
+
+def run_torchrun(script: str | os.PathLike, nproc: int, script_args: Sequence[str] = (), *,
+                 timeout: float = 300.0, threads: int | None = None) -> str:
+    """Run ``script`` under torchrun with ``nproc`` local processes; return its combined output.
+
+    Each process gets ``threads`` CPU threads (default: the cores divided among the processes).
+    Raises :class:`WorkerError` with the output's tail when the run fails or exceeds ``timeout``
+    (the whole process tree is killed).
+    """
+    threads = threads or max(1, (os.cpu_count() or 1) // nproc)
+    env = worker_env(0, nproc, 0, threads)
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key)
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(torchrun_command(script, nproc, script_args), env=env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            timed_out = proc.poll() is None
+            _kill(proc)
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    if timed_out or proc.returncode != 0:
+        why = f"did not finish within {timeout:g} s" if timed_out else f"failed (exit code {proc.returncode})"
+        raise WorkerError(f"torchrun {Path(script).name} with {nproc} processes {why}; {_torchrun_report(text)}")
+    return text
+
+
+def _torchrun_report(text: str) -> str:
+    """Return the workers' last output lines and torchrun's root-cause lines, without its own traceback."""
+    lines = text.strip().splitlines()
+    cut = len(lines)
+    for i, line in enumerate(lines):
+        if line.startswith("Traceback") and any("torch/distributed/run.py" in x for x in lines[i:i + 4]):
+            cut = i
+            break
+    cause = [x.strip() for x in lines[cut:] if x.strip().startswith(("rank ", "exitcode"))]
+    return "last output:\n" + "\n".join(lines[:cut][-25:] + cause)
+
+
+# ---------------------------------------------------------------------------------------------
+# References (the hidden tests compare the learner's from-scratch versions with these)
+# ---------------------------------------------------------------------------------------------
+
+
+def shard_indices(n: int, rank: int, world_size: int, shuffle: bool = False, seed: int = 0,
+                  epoch: int = 0, drop_last: bool = False) -> list[int]:
+    """Return the dataset indices rank ``rank`` of ``world_size`` reads in epoch ``epoch``.
+
+    Exactly :class:`torch.utils.data.DistributedSampler`'s order: an optional seeded permutation of
+    ``range(n)`` (seed ``seed + epoch``), padded by wrapping around (or truncated with
+    ``drop_last``) to a multiple of ``world_size``, then every ``world_size``-th index from
+    ``rank``. Each rank gets ``ceil(n / world_size)`` indices (``floor`` with ``drop_last``).
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    if not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
+    if drop_last and n < world_size:
+        raise ValueError(f"drop_last with n={n} < world_size={world_size} leaves no index for any rank")
+    sampler = torch.utils.data.DistributedSampler(
+        range(n), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    sampler.set_epoch(epoch)
+    return [int(i) for i in sampler]
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Return ``tensor`` after summing it in place across all ranks of the default group.
+
+    Shape unchanged; every rank ends with the same values. Calls ``dist.all_reduce``.
+    """
+    if not dist.is_initialized():
+        raise RuntimeError("all_reduce_sum needs a process group: call dist.init_process_group first")
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def average_gradients(model: torch.nn.Module) -> None:
+    """Replace every parameter's ``.grad`` by its mean over all ranks (parameters without one are skipped).
+
+    After ``loss.backward()`` on each rank's shard, this makes every replica hold the gradient of
+    the mean loss over the union of the shards (equal shard sizes), which is what DDP does.
+    """
+    if not dist.is_initialized():
+        raise RuntimeError("average_gradients needs a process group: call dist.init_process_group first")
+    world_size = dist.get_world_size()
+    for param in model.parameters():
+        if param.grad is not None:
+            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
+            param.grad.div_(world_size)
+
+
+def scale_lr_for_batch(base_lr: float, base_batch: int, batch: int, rule: str = "linear") -> float:
+    """Return the learning rate for batch size ``batch``, given ``base_lr`` tuned at ``base_batch``.
+
+    ``rule="linear"``: ``base_lr * batch / base_batch`` (SGD: Goyal et al., 2017);
+    ``rule="sqrt"``: ``base_lr * sqrt(batch / base_batch)`` (often used with Adam).
+    """
+    if base_lr <= 0 or not math.isfinite(base_lr):
+        raise ValueError(f"base_lr must be a positive finite number, got {base_lr!r}")
+    for name, value in (("base_batch", base_batch), ("batch", batch)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if rule == "linear":
+        return float(base_lr * batch / base_batch)
+    if rule == "sqrt":
+        return float(base_lr * math.sqrt(batch / base_batch))
+    raise ValueError(f"rule must be 'linear' or 'sqrt', got {rule!r}")
+
+
+def ring_allreduce_seconds(n_bytes: float, world_size: int, bandwidth: float, latency: float = 0.0) -> float:
+    """Return the time of a ring all-reduce of ``n_bytes`` over ``world_size`` ranks (alpha-beta model).
+
+    ``2 (N - 1)`` steps, each sending ``n_bytes / N`` at ``bandwidth`` bytes/s after ``latency`` s:
+    ``2 (N - 1) (latency + n_bytes / (N * bandwidth))``; 0 for one rank.
+    """
+    if world_size < 1 or bandwidth <= 0 or n_bytes < 0 or latency < 0:
+        raise ValueError("expected world_size >= 1, bandwidth > 0, n_bytes >= 0 and latency >= 0")
+    steps = 2 * (world_size - 1)
+    return steps * (latency + n_bytes / (world_size * bandwidth))
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1], sys.argv[2]))
