@@ -30,6 +30,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder of SUBMISSIONS/<student>/<chapter>/*.ipynb (default: already collected)")
     p.add_argument("--full", action="store_true", help="run notebooks at full settings (slow)")
 
+    p = sub.add_parser("grade", help="confined, parallel, tamper-aware grading of a folder or zip of submissions")
+    p.add_argument("chapter")
+    p.add_argument("submissions", type=Path,
+                   help="nbgrader submitted/ tree, SUBMISSIONS/<student>/*.ipynb, or an LMS zip")
+    p.add_argument("--workers", type=int, default=None, help="parallel kernels (default: the number of cores)")
+    p.add_argument("--db", default=None, help="gradebook SQLAlchemy URL (default: the course's gradebook.db)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="reports, feedback and grades.csv (default: COURSE_DIR/graded/CHAPTER)")
+    p.add_argument("--cell-timeout", type=float, default=120.0, help="seconds per cell (default 120)")
+    p.add_argument("--budget", type=float, default=900.0, help="seconds per notebook (default 900)")
+    p.add_argument("--memory", type=float, default=4.0, help="GiB of memory per kernel (default 4)")
+    p.add_argument("--full", action="store_true", help="run notebooks at full settings (slow)")
+
     p = sub.add_parser("feedback", help="generate HTML feedback with hidden tests removed")
     p.add_argument("chapter")
 
@@ -40,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO_ROOT / "build" / "bench.json")
     p.add_argument("--fast", action="store_true", help="fast mode (a smoke test, targets not meaningful)")
     p.add_argument("notebooks", type=Path, nargs="*")
+    p.add_argument("--no-grading", action="store_true", help="skip the grading-throughput benchmark")
+    p.add_argument("--grading-only", action="store_true", help="only the grading-throughput benchmark")
+    p.add_argument("--grading-submissions", type=int, default=20, help="submissions in the grading benchmark")
 
     args = parser.parse_args(argv)
     course_dir, source_dir = args.course_dir.resolve(), args.source_dir.resolve()
@@ -64,6 +80,21 @@ def main(argv: list[str] | None = None) -> int:
                 got = sum(s for s, _ in cells.values())
                 total = sum(m for _, m in cells.values())
                 print(f"{student:<24} {got:>6g} / {total:<5g}")
+        elif args.command == "grade":
+            from .grade import Settings, grade
+            from .sandbox import Limits, bwrap_available
+
+            course._check_chapter(args.chapter, source_dir)
+            settings = Settings(cell_timeout=args.cell_timeout, notebook_budget=args.budget, fast=not args.full,
+                                limits=Limits(memory_bytes=int(args.memory * (1 << 30))))
+            if not bwrap_available():
+                print("warning: bubblewrap is not available: learner code runs with rlimits and its own process "
+                      "group only, NOT confined on disk or network (see the README)", file=sys.stderr)
+            db = args.db or f"sqlite:///{course_dir / 'gradebook.db'}"
+            course_dir.mkdir(parents=True, exist_ok=True)
+            result = grade(args.chapter, args.submissions, source_dir, args.out or course_dir / "graded" / args.chapter,
+                           workers=args.workers, db_url=db, settings=settings)
+            print(result.summary())
         elif args.command == "feedback":
             print(f"feedback in {course.feedback(args.chapter, course_dir, source_dir)}")
         elif args.command == "export":
@@ -71,7 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "bench":
             from .bench import run_bench
 
-            return 0 if run_bench(args.out, [p.resolve() for p in args.notebooks] or None, args.fast) else 1
+            ok = args.grading_only or run_bench(args.out, [p.resolve() for p in args.notebooks] or None, args.fast)
+            if not args.no_grading and not args.notebooks:
+                from .bench_grading import run_grading_bench
+
+                ok = run_grading_bench(args.out, args.grading_submissions) and ok
+            return 0 if ok else 1
     except (course.CourseError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

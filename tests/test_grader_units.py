@@ -1,0 +1,133 @@
+"""The grader's pieces that need no kernel: matching against the reference, discovery, output caps."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import nbformat
+import pytest
+
+from autograder.__main__ import main
+from autograder.config import CHAPTERS_DIR
+from autograder.grade import (
+    _Outputs,
+    assemble,
+    discover,
+    load_submission,
+    match_notebooks,
+    reference_calls,
+    reference_cells,
+    visible_source,
+)
+from autograder.sandbox import Limits, _dirs_with_parents
+
+NB = CHAPTERS_DIR / "01_backprop" / "1_derivatives_and_scalar_autograd.ipynb"
+
+
+@pytest.fixture(scope="module")
+def ref() -> list[dict]:
+    return reference_cells(NB)
+
+
+def _as_submission(ref: list[dict]) -> list[dict]:
+    """The reference as a learner would submit it (hidden tests stripped, metadata kept)."""
+    return [{"cell_type": "markdown" if c["kind"] == "markdown" else "code",
+             "source": visible_source(c["source"]) if c["kind"] == "test" else c["source"], "meta": dict(c["meta"])}
+            for c in ref]
+
+
+def test_visible_source_drops_hidden_regions() -> None:
+    src = "a = 1\n### BEGIN HIDDEN TESTS\nsecret()\n### END HIDDEN TESTS\nprint('ok')"
+    assert visible_source(src) == "a = 1\nprint('ok')"
+
+
+def test_honest_submission_assembles_to_the_reference(ref) -> None:
+    run, flags = assemble(ref, _as_submission(ref))
+    assert flags == []
+    assert [c["source"] for c in run if c["kind"] == "test"] == [c["source"] for c in ref if c["kind"] == "test"]
+    assert all("BEGIN HIDDEN TESTS" in c["source"] for c in run if c["kind"] == "test")
+
+
+def test_deleted_and_edited_tests_are_replaced_by_the_reference(ref) -> None:
+    sub = _as_submission(ref)
+    first_test = next(i for i, c in enumerate(sub) if c["meta"].get("grade") and not c["meta"].get("solution"))
+    sub[first_test]["source"] = "print('all checks passed')"
+    sub = [c for c in sub if c["meta"].get("grade_id") != "ch01_mse_gradients"]
+    run, flags = assemble(ref, sub)
+    kinds = {f.split(":")[0] for f in flags}
+    assert {"test_cell_edited", "test_cell_missing"} <= kinds
+    ids = [c["grade_id"] for c in run if c["grade_id"]]
+    assert ids == [c["grade_id"] for c in ref if c["grade_id"]], "graded cells back in reference order"
+
+
+def test_forged_metadata_is_ignored_and_reported(ref) -> None:
+    sub = _as_submission(ref)
+    for c in sub:
+        if c["meta"].get("solution"):
+            c["meta"].update(grade=True, points=1000)
+    sub.append({"cell_type": "code", "source": "x = 1", "meta": {"grade": True, "grade_id": "bonus", "points": 50}})
+    run, flags = assemble(ref, sub)
+    kinds = {f.split(":")[0] for f in flags}
+    assert {"metadata_changed", "unknown_grade_id", "extra_cells"} <= kinds
+    assert sum(c.get("points", 0) for c in run if c["kind"] == "test") == 14
+
+
+def test_reference_calls_are_flagged(ref) -> None:
+    sub = _as_submission(ref)
+    for c in sub:
+        if c["meta"].get("grade_id") == "ch01_central_difference_solution":
+            c["source"] = "def central_difference(f, x, h=1e-5):\n    return autograd.derivative(f, x)\n"
+    run, _ = assemble(ref, sub)
+    assert reference_calls(ref, run) == ["calls_reference: ch01_central_difference_solution uses autograd.derivative"]
+
+
+def test_invalid_and_renamed_notebooks(tmp_path, ref) -> None:
+    nb = nbformat.read(NB, as_version=4)
+    (tmp_path / "Untitled (1).ipynb").write_text(nbformat.writes(nb))
+    (tmp_path / "other.ipynb").write_text("{not json")
+    with pytest.raises(ValueError, match="invalid JSON"):
+        load_submission(tmp_path / "other.ipynb")
+    ids = {NB.name: {c["grade_id"] for c in ref if c["grade_id"]}}
+    found = match_notebooks([NB.name], ids, tmp_path)
+    assert found[NB.name][0].name == "Untitled (1).ipynb" and found[NB.name][2] is None
+
+
+def test_discover_folder_and_lms_zip(tmp_path) -> None:
+    (tmp_path / "tree" / "alice" / "01_backprop").mkdir(parents=True)
+    (tmp_path / "tree" / "alice" / "01_backprop" / "a.ipynb").write_text("{}")
+    (tmp_path / "tree" / "bob").mkdir()
+    (tmp_path / "tree" / "bob" / "a.ipynb").write_text("{}")
+    students, problems = discover(tmp_path / "tree", "01_backprop", tmp_path / "s1")
+    assert sorted(students) == ["alice", "bob"] and problems == []
+    archive = tmp_path / "lms.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("carol_123_a.ipynb", json.dumps({"cells": []}))
+        zf.writestr("dave_9_a.ipynb", "{}")
+        zf.writestr("../evil.ipynb", "{}")
+        zf.writestr("noid.ipynb", "{}")
+    students, problems = discover(archive, "01_backprop", tmp_path / "s2")
+    assert sorted(students) == ["carol", "dave"]
+    assert (students["carol"] / "123_a.ipynb").exists()
+    assert not (tmp_path / "evil.ipynb").exists() and len(problems) == 1
+
+
+def test_outputs_are_capped_in_bytes() -> None:
+    out = _Outputs(cap=100)
+    out.add_text("stdout", "é" * 80)  # 160 bytes
+    out.add_text("stdout", "more")
+    out.add_data("display_data", {"data": {"text/plain": "x" * 500}})
+    items = out.finish()
+    assert len(items[0]["text"].encode()) <= 100
+    assert "more bytes of output not kept" in items[-1]["text"]
+
+
+def test_sandbox_parents_are_world_readable() -> None:
+    assert _dirs_with_parents(__import__("pathlib").Path("/a/b/c")) == [
+        "--perms", "0755", "--dir", "/a", "--perms", "0755", "--dir", "/a/b"]
+    assert Limits().memory_bytes == 4 << 30
+
+
+def test_grade_command_rejects_unknown_chapter(tmp_path, capsys) -> None:
+    assert main(["--course-dir", str(tmp_path / "c"), "grade", "99_nope", str(tmp_path)]) == 2
+    assert "unknown chapter '99_nope'" in capsys.readouterr().err
