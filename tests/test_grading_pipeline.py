@@ -96,8 +96,15 @@ def test_every_chapter_has_a_deliberate_bug_and_targets(chapter) -> None:
 @pytest.mark.parametrize("chapter", [c for c in CHAPTERS if c in BUGS])
 def test_one_bug_loses_exactly_its_points(graded, chapter) -> None:
     _, _, broken = BUGS[chapter]
+    bug_notebook = next(src for src in sorted((CHAPTERS_DIR / chapter).glob("*.ipynb"))
+                        if BUGS[chapter][0] in {nbgrader_meta(c).get("grade_id")
+                                                for c in nbformat.read(src, as_version=4).cells})
+    graded_ids = {nbgrader_meta(c)["grade_id"] for c in nbformat.read(bug_notebook, as_version=4).cells
+                  if nbgrader_meta(c).get("grade")}
     alice, carol = graded["scores"][chapter]["alice"], graded["scores"][chapter]["carol"]
-    lost = {g for g in alice if carol[g][0] < alice[g][0]}
+    assert broken <= graded_ids, f"LOSES names cells outside {bug_notebook.name}"
+    # carol handed in only the notebook with the bug; compare the cells of that notebook
+    lost = {g for g in graded_ids if carol[g][0] < alice[g][0]}
     assert lost == broken, f"the bug should cost exactly {broken}, it cost {lost}"
     for g in broken:
         assert carol[g][0] == 0, f"{g} should score 0 with the bug, got {carol[g][0]}"

@@ -1,0 +1,55 @@
+"""dlbook.confusion and dlbook.cnn: confusion matrices against counting, models and feature maps by shape."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dlbook import cnn, confusion
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("n,k", [(1, 2), (50, 3), (300, 10)])
+def test_confusion_matrix_counts_pairs(seed, n, k):
+    rng = np.random.default_rng(seed)
+    t, p = rng.integers(0, k, n), rng.integers(0, k, n)
+    expected = np.zeros((k, k), dtype=np.int64)
+    for a, b in zip(t, p, strict=True):
+        expected[a, b] += 1
+    got = confusion.confusion_matrix(t, p, k)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, expected)
+    assert got.sum() == n and np.trace(got) == int((t == p).sum())
+    np.testing.assert_array_equal(confusion.confusion_matrix(torch.tensor(t), torch.tensor(p), k), expected)
+
+
+def test_confusion_matrix_rejects_bad_labels():
+    with pytest.raises(ValueError, match="same number"):
+        confusion.confusion_matrix([0, 1], [0], 2)
+    with pytest.raises(ValueError, match=r"labels in \[0, 2\)"):
+        confusion.confusion_matrix([0, 2], [0, 1], 2)
+
+
+def test_most_confused_orders_off_diagonal_cells():
+    m = np.array([[50, 3, 0], [7, 40, 1], [0, 9, 20]])
+    assert confusion.most_confused(m, 3) == [(2, 1, 9), (1, 0, 7), (0, 1, 3)]
+    assert confusion.most_confused(np.diag([5, 5]), 3) == []
+    with pytest.raises(ValueError, match="square"):
+        confusion.most_confused(np.zeros((2, 3)))
+
+
+def test_feature_maps_follow_the_layers():
+    model = cnn.small_cnn()
+    maps = cnn.feature_maps(model, torch.randn(2, 1, 28, 28))
+    assert len(maps) == len(model)
+    assert maps[0][1].shape == (2, 16, 28, 28) and maps[-1][1].shape == (2, 10)
+    assert maps[3][0] == "3: MaxPool2d"
+    assert model.training, "feature_maps restores the training mode"
+
+
+@pytest.mark.parametrize("make,params", [(cnn.lenet5, 61706), (cnn.small_cnn, 54778)])
+def test_models_map_images_to_logits(make, params):
+    model = make()
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    assert cnn.count_parameters(model) == params
