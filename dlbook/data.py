@@ -108,7 +108,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
         raise ValueError(f"{path} is truncated: header says {shape}, found {body.size} values")
-    return body.reshape(shape)
+    return body.reshape(shape).copy()  # writable: torch.as_tensor warns on read-only buffers
 
 
 def _offline() -> bool:

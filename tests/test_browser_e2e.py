@@ -169,8 +169,8 @@ def _close_all_tabs(page) -> None:
 
 def _validate(page) -> str:
     """Click nbgrader's Validate button (of the notebook shown) and return the text of its dialog."""
-    toolbar = page.locator(".jp-NotebookPanel-toolbar").filter(visible=True)
-    toolbar.get_by_text("Validate", exact=True).click()
+    # JupyterLab may restore other notebook tabs; click the button of the notebook on screen.
+    page.locator(".jp-NotebookPanel-toolbar").get_by_text("Validate", exact=True).filter(visible=True).click()
     dialog = page.locator(".jp-Dialog")
     dialog.wait_for(timeout=300_000)
     # The dialog first says it is validating; wait for the result.
@@ -270,7 +270,9 @@ def test_learner_and_instructor_in_the_browser(browser, chapter, tmp_path) -> No
         solution_id = f"{grade_id}_solution"
         index = next(i for i, c in enumerate(student_nb.cells) if nbgrader_meta(c).get("grade_id") == solution_id)
         answer = next(c.source for c in source_nb.cells if nbgrader_meta(c).get("grade_id") == solution_id)
-        editor = page.locator(".jp-Notebook").filter(visible=True).locator(".jp-Cell").nth(index).locator(".cm-content")
+        panel = next(p for p in page.locator(".jp-NotebookPanel").all()
+                     if p.locator(".jp-Cell").first.is_visible())
+        editor = panel.locator(".jp-Cell").nth(index).locator(".cm-content")
         editor.scroll_into_view_if_needed()
         editor.click()
         page.keyboard.press("Control+a")

@@ -98,6 +98,7 @@ def test_read_idx_round_trip(tmp_path, compress, shape):
     path.write_bytes(gzip.compress(raw) if compress else raw)
     got = data.read_idx(path)
     assert got.dtype == np.uint8 and got.shape == shape
+    assert got.flags.writeable, "torch.as_tensor warns on read-only arrays; read_idx must return a writable one"
     np.testing.assert_array_equal(got, array)
     assert np.array_equal(data.read_idx(str(path)), array)
 
