@@ -52,9 +52,10 @@ if not CHROMIUM.exists():  # .ci/run installs it; a developer machine may not ha
 
 
 def _widget_notebook(chapter: str) -> Path | None:
-    """Return the chapter's first notebook with an ipywidgets control, or None."""
+    """Return the chapter's first notebook with an ipywidgets slider (the control the test drives)."""
     for path in sorted((CHAPTERS_DIR / chapter).glob("*.ipynb")):
-        if "ipywidgets" in path.read_text():
+        text = path.read_text()
+        if "ipywidgets" in text and "Slider(" in text:
             return path
     return None
 
@@ -141,6 +142,14 @@ def _open_notebook(page, server: Server, rel: str) -> None:
         "() => [...document.querySelectorAll('.jp-StatusBar-TextItem')].some(e => /Idle/.test(e.textContent))",
         timeout=120_000)
     _dismiss_popups(page)
+    # JupyterLab may restore earlier tabs around it: make this notebook the current one (nbgrader's
+    # Validate acts on the current notebook), and check that the status bar agrees.
+    name = rel.rsplit("/", 1)[-1]
+    page.locator(".lm-TabBar-tab .lm-TabBar-tabLabel", has_text=re.compile(f"^{re.escape(name)}$")).first.click()
+    page.locator(".jp-NotebookPanel .jp-Cell").filter(visible=True).first.click()
+    page.wait_for_function(
+        "(n) => [...document.querySelectorAll('.jp-StatusBar-TextItem')].some(e => e.textContent.trim() === n)",
+        arg=name, timeout=30_000)
 
 
 def _run_all_and_wait(page, n_code_cells: int, timeout_ms: int) -> None:
