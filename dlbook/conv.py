@@ -11,6 +11,7 @@ version. Inputs and outputs are float64 NumPy arrays in the channels-first layou
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -138,6 +139,21 @@ def max_pool2d(x: np.ndarray, kernel_size: IntPair, stride: IntPair | None = Non
     return F.max_pool2d(_t(x, "x", 4), k, s).numpy()
 
 
+def _pool_backward(pool: Callable[..., torch.Tensor], dout: np.ndarray, x: np.ndarray, kernel_size: IntPair,
+                   stride: IntPair | None) -> np.ndarray:
+    """Return ``dx`` for ``out = pool(x, kernel_size, stride)`` by ``torch.autograd.grad``."""
+    k = _pair("kernel_size", kernel_size, 1)
+    s = k if stride is None else _pair("stride", stride, 1)
+    with torch.enable_grad():  # also inside a torch.autograd.Function's backward, where grad is off
+        xt = _t(x, "x", 4, True)
+        out = pool(xt, k, s)
+    doutt = _t(dout, "dout", 4)
+    if doutt.shape != out.shape:
+        raise ValueError(f"dout has shape {tuple(doutt.shape)}, expected the output's shape {tuple(out.shape)}")
+    (dx,) = torch.autograd.grad(out, xt, grad_outputs=doutt)
+    return dx.numpy()
+
+
 def max_pool2d_backward(dout: np.ndarray, x: np.ndarray, kernel_size: IntPair,
                         stride: IntPair | None = None) -> np.ndarray:
     """Return ``dx`` (N, C, H, W) for ``out = max_pool2d(x, ...)`` given ``dout`` (N, C, OH, OW).
@@ -145,16 +161,7 @@ def max_pool2d_backward(dout: np.ndarray, x: np.ndarray, kernel_size: IntPair,
     Each window's gradient goes to its largest input (summed where windows overlap). Computed by
     ``torch.autograd.grad`` through ``F.max_pool2d``.
     """
-    k = _pair("kernel_size", kernel_size, 1)
-    s = k if stride is None else _pair("stride", stride, 1)
-    with torch.enable_grad():  # also inside a torch.autograd.Function's backward, where grad is off
-        xt = _t(x, "x", 4, True)
-        out = F.max_pool2d(xt, k, s)
-    doutt = _t(dout, "dout", 4)
-    if doutt.shape != out.shape:
-        raise ValueError(f"dout has shape {tuple(doutt.shape)}, expected the output's shape {tuple(out.shape)}")
-    (dx,) = torch.autograd.grad(out, xt, grad_outputs=doutt)
-    return dx.numpy()
+    return _pool_backward(F.max_pool2d, dout, x, kernel_size, stride)
 
 
 def avg_pool2d(x: np.ndarray, kernel_size: IntPair, stride: IntPair | None = None) -> np.ndarray:
@@ -173,13 +180,4 @@ def avg_pool2d_backward(dout: np.ndarray, x: np.ndarray, kernel_size: IntPair,
 
     Computed by ``torch.autograd.grad`` through ``F.avg_pool2d``.
     """
-    k = _pair("kernel_size", kernel_size, 1)
-    s = k if stride is None else _pair("stride", stride, 1)
-    with torch.enable_grad():
-        xt = _t(x, "x", 4, True)
-        out = F.avg_pool2d(xt, k, s)
-    doutt = _t(dout, "dout", 4)
-    if doutt.shape != out.shape:
-        raise ValueError(f"dout has shape {tuple(doutt.shape)}, expected the output's shape {tuple(out.shape)}")
-    (dx,) = torch.autograd.grad(out, xt, grad_outputs=doutt)
-    return dx.numpy()
+    return _pool_backward(F.avg_pool2d, dout, x, kernel_size, stride)

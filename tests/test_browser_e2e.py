@@ -32,6 +32,7 @@ import nbformat
 import pytest
 
 from autograder.config import REPO_ROOT
+from dlbook.distributed import free_port
 
 from .conftest import CHAPTERS, CHAPTERS_DIR, fill_solutions, nbgrader_meta
 
@@ -65,19 +66,11 @@ WIDGET_CHAPTERS = [c for c in CHAPTERS if _widget_notebook(c)]
 E2E_CHAPTERS = sorted({WIDGET_CHAPTERS[0], WIDGET_CHAPTERS[-1]}) if WIDGET_CHAPTERS else []
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """``python -m autograder.lab`` in the background; ``url`` has the token; stopped by ``stop()``."""
 
     def __init__(self, args: list[str], log: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.log = log
         # Fast mode for kernels and nbgrader's Validate (they inherit it); JupyterLab's layout and
         # settings in the test's own folders, so a developer's open tabs never leak in.

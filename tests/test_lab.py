@@ -15,16 +15,9 @@ import pytest
 
 from autograder.config import REPO_ROOT
 from autograder.lab import lab_command
+from dlbook.distributed import free_port
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(pattern: str, log: Path, proc: subprocess.Popen, seconds: float = 90) -> re.Match:
@@ -45,7 +38,7 @@ def test_lab_command_listens_on_loopback_with_token() -> None:
 
 
 def test_lab_serves_the_workspace_refuses_a_second_server_and_stops_on_ctrl_c(tmp_path) -> None:
-    port = _free_port()
+    port = free_port()
     dest = tmp_path / "workspace"
     base = [sys.executable, "-m", "autograder.lab", "--dest", str(dest), "--port", str(port),
             "--course-dir", str(tmp_path / "course")]
