@@ -170,11 +170,12 @@ class Kernel:
                   "--IPKernelApp.exec_lines=['import _dlbook_guard; _dlbook_guard.install()']"]
         if not self.use_bwrap:
             return python
-        args = ["bwrap", *_namespace_args(self.limits.network)]
+        # The private /tmp comes first: a venv or course that itself lives under /tmp is bound on top of it.
+        args = ["bwrap", *_namespace_args(self.limits.network), "--tmpfs", "/tmp"]
         for path in _readonly_paths():
             args += [*_dirs_with_parents(path), "--ro-bind", str(path), str(path)]
         args += ["--bind", str(self.work), SANDBOX_WORK, "--ro-bind", str(self.grader_dir), SANDBOX_GRADER,
-                 "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", SANDBOX_WORK]
+                 "--proc", "/proc", "--dev", "/dev", "--chdir", SANDBOX_WORK]
         if self.drop_to_nobody:
             args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "setpriv", "--reuid", str(NOBODY),
                      "--regid", str(NOBODY), "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"]
