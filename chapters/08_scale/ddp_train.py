@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> None:
                 json.dump(summary, f)
         if args.save_params:
             torch.save({k: v.cpu() for k, v in model.state_dict().items()}, args.save_params)
+    # Leave together: a rank that tears gloo down while its peer is still evaluating can abort in
+    # gloo's destructor ("terminate called without an active exception", SIGABRT).
+    dist.barrier()
     dist.destroy_process_group()
 
 
