@@ -94,7 +94,18 @@ def _from_library(obj) -> bool:
     if not (callable(obj) and isinstance(module, str) and module != "__main__" and module in sys.modules):
         return False
     where = str(getattr(sys.modules[module], "__file__", "") or "")
+    if where.startswith(_library_roots()):  # read-only in the sandbox, even when they live under /tmp
+        return True
     return not where.startswith((os.getcwd(), "/tmp", "/grade"))  # not a module the learner wrote
+
+
+def _library_roots() -> tuple[str, ...]:
+    """Directories of the installed Python, the venv and dlbook (never the learner's scratch space)."""
+    roots = {sys.prefix, sys.base_prefix, os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)}
+    dlbook = sys.modules.get("dlbook")
+    if dlbook is not None and getattr(dlbook, "__file__", None):
+        roots.add(os.path.dirname(os.path.realpath(dlbook.__file__)))
+    return tuple(r.rstrip(os.sep) + os.sep for r in roots if r and r != os.sep)
 
 
 def _restore_modules(flags: list[str]) -> None:

@@ -194,7 +194,13 @@ class Kernel:
         for sock in (self.work / ".ipc").glob("k-*"):
             sock.unlink()
         self._nproc_base = _user_task_count(os.getuid())
-        env = {**self.env, "PYTHONPATH": self.inside(self.grader_dir), "HOME": self.inside(self.work)}
+        # The kernel imports the same dlbook as the grader (its directory is bound read-only), even when
+        # the venv's editable install points at another checkout.
+        import dlbook
+
+        dlbook_root = str(Path(dlbook.__file__).resolve().parent.parent)
+        env = {**self.env, "PYTHONPATH": os.pathsep.join([self.inside(self.grader_dir), dlbook_root]),
+               "HOME": self.inside(self.work)}
         self.log = open(self.run_dir / "kernel.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(self.command(), cwd=self.work, env=env, stdin=subprocess.DEVNULL,
                                      stdout=self.log, stderr=self.log, start_new_session=True,
