@@ -3,7 +3,8 @@
 The losses here are the references that chapter 5's hidden tests compare a learner's functions with:
 :func:`autoencoder_forward`, :func:`reparameterize`, :func:`gaussian_kl`, :func:`vae_loss`,
 :func:`discriminator_loss` and :func:`generator_loss`. The small modules (:class:`MLPAutoencoder`,
-:class:`MLPVAE`, :func:`make_generator`, :func:`make_discriminator`) are what the chapter trains.
+:class:`MLPVAE`, :func:`make_generator`, :func:`make_discriminator`, and the class-conditional
+:class:`ConditionalGenerator` and :class:`ProjectionDiscriminator`) are what the chapter trains.
 """
 
 from __future__ import annotations
@@ -229,3 +230,57 @@ def make_discriminator(dim: int, hidden: int, dropout: float = 0.0) -> nn.Sequen
         nn.Linear(hidden, hidden), nn.LeakyReLU(0.2), nn.Dropout(dropout),
         nn.Linear(hidden, 1),
     )  # fmt: skip
+
+
+def _check_labels(labels: torch.Tensor, n: int, classes: int) -> None:
+    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64:
+        got = labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise TypeError(f"expected labels as an int64 tensor of shape ({n},), got {got}")
+    if labels.shape != (n,):
+        raise ValueError(f"expected labels of shape ({n},) (one per row), got {tuple(labels.shape)}")
+    if n and not (0 <= int(labels.min()) and int(labels.max()) < classes):
+        raise ValueError(f"labels must lie in [0, {classes}), got values from {int(labels.min())} to {int(labels.max())}")
+
+
+class ConditionalGenerator(nn.Module):
+    """A class-conditional MLP generator (Mirza & Osindero, 2014): ``G(z, y)`` draws the digit ``y``.
+
+    The label's learned embedding (``latent`` numbers) is concatenated to the noise and the pair goes
+    through :func:`make_generator`'s MLP. ``forward(z (N, latent), labels (N,) int64) -> (N, dim)`` in (0, 1).
+    """
+
+    def __init__(self, latent: int, hidden: int, dim: int, classes: int = 10):
+        super().__init__()
+        self.latent, self.classes = latent, classes
+        self.embed = nn.Embedding(classes, latent)
+        self.net = make_generator(2 * latent, hidden, dim)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        _check_matrix("z", z)
+        if z.shape[1] != self.latent:
+            raise ValueError(f"expected noise z of shape (N, {self.latent}), got {tuple(z.shape)}")
+        _check_labels(labels, len(z), self.classes)
+        return self.net(torch.cat([z, self.embed(labels)], dim=1))
+
+
+class ProjectionDiscriminator(nn.Module):
+    """A class-conditional discriminator with a projection head (Miyato & Koyama, 2018).
+
+    ``logit(x, y) = w . h(x) + b + e_y . h(x)``: :func:`make_discriminator`'s hidden features ``h(x)``,
+    its unconditional read-out, plus the inner product of ``h(x)`` with a learned embedding of the
+    label. It asks "is this a real image *of digit y*?", so a generator that ignores ``y`` loses.
+    ``forward(x (N, dim), labels (N,) int64) -> (N, 1)`` logits.
+    """
+
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0, classes: int = 10):
+        super().__init__()
+        self.classes = classes
+        layers = make_discriminator(dim, hidden, dropout)
+        self.body, self.head = layers[:-1], layers[-1]
+        self.embed = nn.Embedding(classes, hidden)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        _check_matrix("x", x)
+        _check_labels(labels, len(x), self.classes)
+        h = self.body(x)
+        return self.head(h) + (self.embed(labels) * h).sum(dim=1, keepdim=True)

@@ -164,3 +164,54 @@ def test_binary_cross_entropy_reference_agrees_with_functional():
     logits = torch.tensor([0.3, -1.2])
     torch.testing.assert_close(gen.generator_loss(logits),
                                F.binary_cross_entropy_with_logits(logits, torch.ones(2)))
+
+
+def test_conditional_generator_uses_the_label_and_the_noise():
+    torch.manual_seed(0)
+    G = gen.ConditionalGenerator(latent=4, hidden=16, dim=64)
+    z = torch.randn(5, 4)
+    labels = torch.tensor([0, 1, 2, 3, 9])
+    x = G(z, labels)
+    assert x.shape == (5, 64) and bool(((x > 0) & (x < 1)).all())
+    # the same as the documented computation: embedding concatenated to the noise, then the MLP
+    torch.testing.assert_close(x, G.net(torch.cat([z, G.embed.weight[labels]], dim=1)))
+    same_z = z[:1].expand(3, 4)
+    out = G(same_z, torch.tensor([0, 1, 2]))
+    assert not torch.allclose(out[0], out[1]) and not torch.allclose(out[1], out[2])
+    x.sum().backward()
+    assert G.embed.weight.grad is not None and G.embed.weight.grad[labels].abs().sum() > 0
+
+
+def test_projection_discriminator_is_body_head_plus_label_projection():
+    torch.manual_seed(1)
+    D = gen.ProjectionDiscriminator(dim=64, hidden=32, dropout=0.3).eval()
+    x, labels = torch.rand(6, 64), torch.tensor([0, 3, 3, 5, 9, 1])
+    h = D.body(x)
+    expected = F.linear(h, D.head.weight, D.head.bias) + (D.embed.weight[labels] * h).sum(1, keepdim=True)
+    torch.testing.assert_close(D(x, labels), expected)
+    # with a zero label embedding it is exactly the unconditional discriminator it is built from
+    with torch.no_grad():
+        D.embed.weight.zero_()
+    torch.testing.assert_close(D(x, labels), D.head(D.body(x)))
+
+
+@pytest.mark.parametrize("labels, error, match", [
+    (torch.tensor([0, 1, 2]), ValueError, r"shape \(4,\)"),
+    (torch.tensor([0, 1, 2, 10]), ValueError, r"\[0, 10\)"),
+    (torch.tensor([0, -1, 2, 3]), ValueError, r"\[0, 10\)"),
+    (torch.tensor([0.0, 1.0, 2.0, 3.0]), TypeError, "int64"),
+    ([0, 1, 2, 3], TypeError, "int64"),
+])
+def test_conditional_modules_reject_bad_labels(labels, error, match):
+    G = gen.ConditionalGenerator(latent=4, hidden=8, dim=64)
+    D = gen.ProjectionDiscriminator(dim=64, hidden=8)
+    with pytest.raises(error, match=match):
+        G(torch.randn(4, 4), labels)
+    with pytest.raises(error, match=match):
+        D(torch.rand(4, 64), labels)
+
+
+def test_conditional_generator_rejects_wrong_noise_width():
+    G = gen.ConditionalGenerator(latent=4, hidden=8, dim=64)
+    with pytest.raises(ValueError, match=r"\(N, 4\)"):
+        G(torch.randn(3, 5), torch.tensor([0, 1, 2]))
