@@ -239,7 +239,8 @@ def _check_labels(labels: torch.Tensor, n: int, classes: int) -> None:
     if labels.shape != (n,):
         raise ValueError(f"expected labels of shape ({n},) (one per row), got {tuple(labels.shape)}")
     if n and not (0 <= int(labels.min()) and int(labels.max()) < classes):
-        raise ValueError(f"labels must lie in [0, {classes}), got values from {int(labels.min())} to {int(labels.max())}")
+        low, high = int(labels.min()), int(labels.max())
+        raise ValueError(f"labels must lie in [0, {classes}), got values from {low} to {high}")
 
 
 class ConditionalGenerator(nn.Module):
