@@ -306,12 +306,14 @@ def execute(kernel: Kernel, code: str, timeout: float, cap: int, user_expression
             return {"status": "crashed", "outputs": outputs.finish(),
                     "error": f"the kernel died (exit code {kernel.proc.returncode if kernel.proc else '?'})"}
         if reply is None:
-            try:
-                msg = kc.get_shell_msg(timeout=0)
+            try:  # once the kernel is idle only the reply is missing: wait for it, not for more output
+                msg = kc.get_shell_msg(timeout=min(0.2, remaining) if idle else 0)
                 if msg["parent_header"].get("msg_id") == msg_id:
                     reply = msg["content"]
             except queue.Empty:
                 pass
+            if idle:
+                continue
         try:
             msg = kc.get_iopub_msg(timeout=min(0.2, remaining))
         except queue.Empty:
@@ -496,6 +498,10 @@ def match_notebooks(ref_names: list[str], ref_ids: dict[str, set[str]], folder: 
     return out
 
 
+FEEDBACK_TEMPLATE = Path(__file__).with_name("templates") / "feedback.html.j2"
+_EXPORTER = None
+
+
 def _feedback_html(cells: list[dict], results: list, report: dict, path: Path) -> None:
     """Write the graded notebook as HTML: hidden tests removed, test tracebacks reduced to their message."""
     import nbformat
@@ -520,7 +526,12 @@ def _feedback_html(cells: list[dict], results: list, report: dict, path: Path) -
         code = nbformat.v4.new_code_cell(source)
         code.outputs = outputs
         nb.cells.append(code)
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    global _EXPORTER
+    if _EXPORTER is None:  # one per worker process: loading the templates takes a while
+        # sanitize_html: a learner's HTML output must not run JavaScript in the instructor's browser
+        _EXPORTER = HTMLExporter(template_name="lab", template_file=str(FEEDBACK_TEMPLATE),
+                                 sanitize_html=True)
+    body, _ = _EXPORTER.from_notebook_node(nb)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(body)
 

@@ -222,9 +222,9 @@ class Kernel:
                 break
             except queue.Empty:
                 continue
-        while True:  # drop the start-up iopub messages
+        while True:  # drop the start-up iopub messages that are already here (the rest are not ours)
             try:
-                client.get_iopub_msg(timeout=0.2)
+                client.get_iopub_msg(timeout=0)
             except queue.Empty:
                 break
 

@@ -252,6 +252,9 @@ def _worker_main(payload_path: str, result_path: str) -> int:
         try:
             with _forbidding(exercise, forbid):
                 value = fn(rank, world_size, *args)
+            # Leave together: a rank that tears gloo down while its peer is still inside ``fn`` can
+            # abort in gloo's destructor (SIGABRT) before it reports.
+            dist.barrier()
             status = "ok"
         finally:
             dist.destroy_process_group()

@@ -11,6 +11,7 @@ import pytest
 from autograder.__main__ import main
 from autograder.config import CHAPTERS_DIR
 from autograder.grade import (
+    _feedback_html,
     _Outputs,
     assemble,
     discover,
@@ -131,3 +132,23 @@ def test_sandbox_parents_are_world_readable() -> None:
 def test_grade_command_rejects_unknown_chapter(tmp_path, capsys) -> None:
     assert main(["--course-dir", str(tmp_path / "c"), "grade", "99_nope", str(tmp_path)]) == 2
     assert "unknown chapter '99_nope'" in capsys.readouterr().err
+
+
+def test_feedback_page_escapes_learner_code_and_sanitises_outputs(tmp_path) -> None:
+    cells = [{"kind": "markdown", "source": "# Exercise"},
+             {"kind": "solution", "source": "x = '<script>alert(1)</script>'  # </div><img src=q onerror=alert(2)>"},
+             {"kind": "test", "source": "assert x\n### BEGIN HIDDEN TESTS\nsecret_check()\n### END HIDDEN TESTS"}]
+    results = [None,
+               {"outputs": [{"output_type": "display_data", "metadata": {},
+                             "data": {"text/html": "<b>bold</b><script>steal()</script>", "text/plain": "b"}}]},
+               {"outputs": [{"output_type": "error", "ename": "AssertionError", "evalue": "wrong",
+                             "traceback": ["long traceback with secret_check() context"]}]}]
+    report = {"notebook": "nb.ipynb", "points": 0, "max_points": 2,
+              "exercises": [{"grade_id": "ex1", "points": 0, "max_points": 2, "status": "failed", "error": "wrong"}]}
+    page = tmp_path / "nb.html"
+    _feedback_html(cells, results, report, page)
+    html = page.read_text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<img src=q" not in html
+    assert "<b>bold</b>" in html and "steal()</script>" not in html
+    assert "secret_check" not in html and "AssertionError: wrong" in html
+    assert "0 / 2" in html
