@@ -245,23 +245,32 @@ def _forbidding(exercise: str, targets: Sequence[tuple[str, str]]) -> Iterator[N
 def _worker_main(payload_path: str, result_path: str) -> int:
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    status, value = "error", ""
+    status, value, reported = "error", "", False
     try:
         fn, args, forbid, exercise, timeout = pickle.loads(Path(payload_path).read_bytes())
         dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout))
         try:
             with _forbidding(exercise, forbid):
                 value = fn(rank, world_size, *args)
-            # Leave together: a rank that tears gloo down while its peer is still inside ``fn`` can
-            # abort in gloo's destructor (SIGABRT) before it reports.
-            dist.barrier()
             status = "ok"
+            # Report first, then leave together: a rank that tears gloo down while its peer is still
+            # busy can abort in gloo's destructor (SIGABRT). A peer that never arrives (it hangs, or
+            # crashed) is the launcher's to report, not this rank's.
+            Path(result_path).write_bytes(_pickler.dumps((status, value)))
+            reported = True
+            try:
+                dist.barrier()
+            except Exception:  # noqa: BLE001
+                pass
         finally:
             dist.destroy_process_group()
     except BaseException as err:  # noqa: BLE001 - every failure goes back to the parent as text
-        value = f"{type(err).__name__}: {err}"
+        if reported:
+            return 0  # the work was done and reported; only the teardown failed
+        status, value = "error", f"{type(err).__name__}: {err}"
         traceback.print_exc()
-    Path(result_path).write_bytes(_pickler.dumps((status, value)))
+    if not reported:
+        Path(result_path).write_bytes(_pickler.dumps((status, value)))
     return 0 if status == "ok" else 1
 
 
