@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
-from .sandbox import Kernel, Limits, bwrap_available
+from .kernel_guard import PROOF_NAME
+from .sandbox import NOBODY, Kernel, Limits, bwrap_available
 
-PROOF_NAME = "__dlbook_proof__"
 GUARD = "__import__('_dlbook_guard').check({})"
 STUDENT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
 HELPER_MODULES = {"check", "plot", "train", "data", "settings", "seed", "device", "metrics"}
@@ -197,52 +197,46 @@ def _parse(source: str) -> ast.AST | None:
         return None
 
 
+def _nodes(cells: list[dict], kinds: tuple[str, ...]):
+    """Yield ``(cell, node)`` for every AST node of the cells of the given kinds that parse as Python."""
+    for cell in cells:
+        tree = _parse(cell["source"]) if cell["kind"] in kinds else None
+        for node in ast.walk(tree) if tree else []:
+            yield cell, node
+
+
 def dlbook_modules(ref: list[dict]) -> list[str]:
     """Return the dlbook modules the reference notebook imports (the guard watches them from the start)."""
     found = set()
-    for cell in ref:
-        tree = _parse(cell["source"]) if cell["kind"] != "markdown" else None
-        for node in ast.walk(tree) if tree else []:
-            if isinstance(node, ast.ImportFrom) and node.module == "dlbook":
-                found.update(f"dlbook.{a.name}" for a in node.names)
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dlbook."):
-                found.add(node.module)
-            elif isinstance(node, ast.Import):
-                found.update(a.name for a in node.names if a.name.startswith("dlbook."))
+    for _, node in _nodes(ref, ("code", "solution", "test")):
+        if isinstance(node, ast.ImportFrom) and node.module == "dlbook":
+            found.update(f"dlbook.{a.name}" for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dlbook."):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("dlbook."))
     return sorted(found)
 
 
 def reference_calls(ref: list[dict], run: list[dict]) -> list[str]:
     """Flag solution cells that use a dlbook reference module (static check of their code)."""
     modules = set()
-    for cell in ref:
-        if cell["kind"] != "code":
-            continue
-        tree = _parse(cell["source"])
-        if tree is None:
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module == "dlbook":
-                modules.update(a.asname or a.name for a in node.names if a.name not in HELPER_MODULES)
+    for _, node in _nodes(ref, ("code",)):
+        if isinstance(node, ast.ImportFrom) and node.module == "dlbook":
+            modules.update(a.asname or a.name for a in node.names if a.name not in HELPER_MODULES)
     flags = []
-    for cell in run:
-        if cell["kind"] != "solution":
-            continue
-        tree = _parse(cell["source"])
-        if tree is None:
-            continue
-        for node in ast.walk(tree):
-            used = None
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
-                used = f"{node.value.id}.{node.attr}"
-            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and \
-                    isinstance(node.value.value, ast.Name) and node.value.value.id == "dlbook" and \
-                    node.value.attr not in HELPER_MODULES:
-                used = f"dlbook.{node.value.attr}.{node.attr}"
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dlbook."):
-                used = node.module
-            if used:
-                flags.append(f"calls_reference: {cell['grade_id']} uses {used}")
+    for cell, node in _nodes(run, ("solution",)):
+        used = None
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
+            used = f"{node.value.id}.{node.attr}"
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and \
+                isinstance(node.value.value, ast.Name) and node.value.value.id == "dlbook" and \
+                node.value.attr not in HELPER_MODULES:
+            used = f"dlbook.{node.value.attr}.{node.attr}"
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dlbook."):
+            used = node.module
+        if used:
+            flags.append(f"calls_reference: {cell['grade_id']} uses {used}")
     return sorted(set(flags))
 
 
@@ -376,7 +370,7 @@ def _seed_matplotlib_cache(kernel: Kernel) -> None:
             shutil.copyfile(f, target / f.name)
         if kernel.drop_to_nobody:
             for p in [kernel.work / ".config", target, *target.iterdir()]:
-                os.lchown(p, 65534, 65534)
+                os.lchown(p, NOBODY, NOBODY)
     except Exception:  # noqa: BLE001 - only a speed-up
         pass
 

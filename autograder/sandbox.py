@@ -97,13 +97,18 @@ def _dirs_with_parents(path: Path) -> list[str]:
     return args
 
 
-def _readonly_paths() -> list[Path]:
-    """System and Python directories the kernel needs to run (read-only)."""
+def _dlbook_dir() -> Path:
+    """Return the folder of the dlbook package the grader itself imports."""
     import dlbook
 
+    return Path(dlbook.__file__).resolve().parent
+
+
+def _readonly_paths() -> list[Path]:
+    """System and Python directories the kernel needs to run (read-only)."""
     paths = [Path(p) for p in ("/usr", "/bin", "/lib", "/lib64", "/lib32", "/sbin", "/etc") if Path(p).exists()]
     paths += [Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), Path(sys.prefix)]
-    paths.append(Path(dlbook.__file__).resolve().parent)  # editable installs live outside the venv
+    paths.append(_dlbook_dir())  # editable installs live outside the venv
     data = Path(os.environ.get("DLBOOK_DATA", Path.home() / ".cache" / "dlbook"))
     if data.is_dir():
         paths.append(data.resolve())
@@ -196,10 +201,7 @@ class Kernel:
         self._nproc_base = _user_task_count(os.getuid())
         # The kernel imports the same dlbook as the grader (its directory is bound read-only), even when
         # the venv's editable install points at another checkout.
-        import dlbook
-
-        dlbook_root = str(Path(dlbook.__file__).resolve().parent.parent)
-        env = {**self.env, "PYTHONPATH": os.pathsep.join([self.inside(self.grader_dir), dlbook_root]),
+        env = {**self.env, "PYTHONPATH": os.pathsep.join([self.inside(self.grader_dir), str(_dlbook_dir().parent)]),
                "HOME": self.inside(self.work)}
         self.log = open(self.run_dir / "kernel.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(self.command(), cwd=self.work, env=env, stdin=subprocess.DEVNULL,

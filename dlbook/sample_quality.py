@@ -90,10 +90,7 @@ def train_classifier(seed: int = 0, epochs: int = 100) -> DigitClassifier:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return model.eval().requires_grad_(False)
 
 
 def cache_path(seed: int = 0) -> Path:
@@ -121,10 +118,7 @@ def _load(path: Path) -> DigitClassifier | None:
         model.load_state_dict(state)
     except Exception:  # noqa: BLE001 - a missing, truncated or foreign file all mean: retrain
         return None
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return model.eval().requires_grad_(False)
 
 
 def reference_classifier(seed: int = 0, use_disk: bool = True) -> DigitClassifier:
