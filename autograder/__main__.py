@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{student:<24} {got:>6g} / {total:<5g}")
         elif args.command == "grade":
             from .grade import Settings, grade
-            from .sandbox import Limits, bwrap_available
+            from .grading.sandbox import Limits, bwrap_available
 
             course._check_chapter(args.chapter, source_dir)
             settings = Settings(cell_timeout=args.cell_timeout, notebook_budget=args.budget, fast=not args.full,

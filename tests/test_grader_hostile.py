@@ -23,7 +23,7 @@ import pytest
 from autograder import course
 from autograder.config import CHAPTERS_DIR, REPO_ROOT
 from autograder.grade import Settings, grade
-from autograder.sandbox import Limits, bwrap_available
+from autograder.grading.sandbox import Limits, bwrap_available
 
 from .conftest import fill_solutions, nbgrader_meta
 

@@ -6,7 +6,7 @@ import nbformat
 import pytest
 
 from autograder.grade import Settings, grade_notebook, match_notebooks, reference_cells
-from autograder.sandbox import Limits, bwrap_available
+from autograder.grading.sandbox import Limits, bwrap_available
 
 pytestmark = pytest.mark.slow
 

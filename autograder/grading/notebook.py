@@ -1,0 +1,189 @@
+"""Reading notebooks: the reference (source) cells, a submission's cells, and putting them together."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+HELPER_MODULES = {"check", "plot", "train", "data", "settings", "seed", "device", "metrics"}
+# --- reading notebooks -------------------------------------------------------------------------
+
+def _source(cell: dict) -> str:
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else str(src)
+
+
+def _meta(cell: dict) -> dict:
+    meta = cell.get("metadata", {})
+    nbg = meta.get("nbgrader", {}) if isinstance(meta, dict) else {}
+    return nbg if isinstance(nbg, dict) else {}
+
+
+def visible_source(source: str) -> str:
+    """Return ``source`` without its ``### BEGIN HIDDEN TESTS`` ... ``### END HIDDEN TESTS`` regions."""
+    out, hidden = [], False
+    for line in source.splitlines():
+        if "### BEGIN HIDDEN TESTS" in line:
+            hidden = True
+        elif "### END HIDDEN TESTS" in line:
+            hidden = False
+        elif not hidden:
+            out.append(line)
+    return "\n".join(out)
+
+
+def reference_cells(path: Path) -> list[dict]:
+    """Return the cells of a source notebook as ``{kind, grade_id, points, source, meta}``.
+
+    ``kind`` is ``solution`` (learner's answer), ``test`` (graded code cell), ``code`` or ``markdown``.
+    """
+    nb = json.loads(Path(path).read_text())
+    cells = []
+    for cell in nb["cells"]:
+        meta = _meta(cell)
+        kind = cell["cell_type"] if cell["cell_type"] != "raw" else "markdown"
+        if cell["cell_type"] == "code" and meta.get("grade") and not meta.get("solution"):
+            kind = "test"
+        elif cell["cell_type"] == "code" and meta.get("solution"):
+            kind = "solution"
+        cells.append({"kind": kind, "grade_id": meta.get("grade_id"), "points": float(meta.get("points", 0) or 0),
+                      "source": _source(cell), "meta": meta})
+    return cells
+
+
+def load_submission(path: Path) -> list[dict]:
+    """Return the cells of a submitted notebook as ``{cell_type, source, meta}``; raise ValueError if unreadable."""
+    try:
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"not a notebook (invalid JSON: {err})") from err
+    cells = data.get("cells") if isinstance(data, dict) else None
+    if not isinstance(cells, list):
+        raise ValueError("not a notebook (no list of cells)")
+    out = []
+    for cell in cells:
+        if not isinstance(cell, dict) or cell.get("cell_type") not in ("code", "markdown", "raw"):
+            raise ValueError("not a notebook (a cell without a valid cell_type)")
+        out.append({"cell_type": cell["cell_type"], "source": _source(cell), "meta": _meta(cell)})
+    return out
+
+
+def _norm(source: str) -> str:
+    return "\n".join(line.rstrip() for line in source.strip().splitlines())
+
+
+def assemble(ref: list[dict], sub: list[dict]) -> tuple[list[dict], list[str]]:
+    """Return (cells to run, flags): the learner's cells with every graded cell taken from ``ref``.
+
+    Solution cells keep the learner's code; test cells are the reference's (hidden tests included);
+    a reference cell missing from the submission is put back after its predecessor; metadata of the
+    submission is compared with the reference and only reported.
+    """
+    flags: list[str] = []
+    by_id = {c["grade_id"]: c for c in ref if c["kind"] in ("solution", "test") and c["grade_id"]}
+    run: list[dict] = []
+    seen: set[str] = set()
+    for cell in sub:
+        gid = cell["meta"].get("grade_id")
+        gid = gid if isinstance(gid, str) else None
+        if cell["cell_type"] != "code":
+            run.append({"kind": "markdown", "source": cell["source"], "grade_id": None})
+            continue
+        refc = by_id.get(gid) if gid else None
+        if refc is None or gid in seen:
+            if gid and gid in seen:
+                flags.append(f"duplicate_grade_id: {gid} appears again; run as plain code")
+            elif gid and cell["meta"]:
+                flags.append(f"unknown_grade_id: {gid} is not in the reference; run as plain code")
+            run.append({"kind": "code", "source": cell["source"], "grade_id": None})
+            continue
+        seen.add(gid)
+        for key in ("grade", "solution", "locked", "points"):
+            if key in refc["meta"] and cell["meta"].get(key) != refc["meta"].get(key):
+                flags.append(f"metadata_changed: {gid} has {key}={cell['meta'].get(key)!r}, "
+                             f"reference {refc['meta'].get(key)!r} (the reference is used)")
+        if refc["kind"] == "test":
+            if _norm(cell["source"]) != _norm(visible_source(refc["source"])):
+                flags.append(f"test_cell_edited: {gid} (the reference test is run)")
+            run.append({"kind": "test", "source": refc["source"], "grade_id": gid, "points": refc["points"]})
+        else:
+            run.append({"kind": "solution", "source": cell["source"], "grade_id": gid})
+    extra = sum(c["kind"] == "code" for c in run) - sum(c["kind"] == "code" for c in ref)
+    if extra > 0:
+        flags.append(f"extra_cells: {extra} more code cell(s) than the reference (run as written)")
+    # Put back missing graded cells, each right after the graded cell that precedes it in the reference.
+    anchor = -1
+    for refc in ref:
+        if refc["kind"] not in ("solution", "test"):
+            continue
+        pos = next((i for i, c in enumerate(run) if c["grade_id"] == refc["grade_id"]), None)
+        if pos is not None:
+            anchor = pos
+            continue
+        if anchor < 0:  # nothing graded placed yet: after as many code cells as precede it in the reference
+            before = sum(c["kind"] == "code" for c in ref[: ref.index(refc)])
+            codes = [i for i, c in enumerate(run) if c["kind"] == "code"]
+            anchor = codes[min(before, len(codes)) - 1] if before and codes else -1
+        if refc["kind"] == "test":
+            flags.append(f"test_cell_missing: {refc['grade_id']} (the reference test is run)")
+            run.insert(anchor + 1, {"kind": "test", "source": refc["source"], "grade_id": refc["grade_id"],
+                                    "points": refc["points"], "restored": True})
+            anchor += 1
+        else:
+            flags.append(f"solution_cell_missing: {refc['grade_id']}")
+    return run, flags
+
+
+def _parse(source: str) -> ast.AST | None:
+    """Return the AST of a cell, with IPython magics (``%...``, ``!...``) blanked; None if not Python."""
+    lines = ["" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines()]
+    try:
+        return ast.parse("\n".join(lines))
+    except SyntaxError:
+        return None
+
+
+def _nodes(cells: list[dict], kinds: tuple[str, ...]):
+    """Yield ``(cell, node)`` for every AST node of the cells of the given kinds that parse as Python."""
+    for cell in cells:
+        tree = _parse(cell["source"]) if cell["kind"] in kinds else None
+        for node in ast.walk(tree) if tree else []:
+            yield cell, node
+
+
+def dlbook_modules(ref: list[dict]) -> list[str]:
+    """Return the dlbook modules the reference notebook imports (the guard watches them from the start)."""
+    found = set()
+    for _, node in _nodes(ref, ("code", "solution", "test")):
+        if isinstance(node, ast.ImportFrom) and node.module == "dlbook":
+            found.update(f"dlbook.{a.name}" for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dlbook."):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("dlbook."))
+    return sorted(found)
+
+
+def reference_calls(ref: list[dict], run: list[dict]) -> list[str]:
+    """Flag solution cells that use a dlbook reference module (static check of their code)."""
+    modules = set()
+    for _, node in _nodes(ref, ("code",)):
+        if isinstance(node, ast.ImportFrom) and node.module == "dlbook":
+            modules.update(a.asname or a.name for a in node.names if a.name not in HELPER_MODULES)
+    flags = []
+    for cell, node in _nodes(run, ("solution",)):
+        used = None
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
+            used = f"{node.value.id}.{node.attr}"
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and \
+                isinstance(node.value.value, ast.Name) and node.value.value.id == "dlbook" and \
+                node.value.attr not in HELPER_MODULES:
+            used = f"dlbook.{node.value.attr}.{node.attr}"
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dlbook."):
+            used = node.module
+        if used:
+            flags.append(f"calls_reference: {cell['grade_id']} uses {used}")
+    return sorted(set(flags))
+
+
