@@ -13,7 +13,7 @@ from autograder.config import CHAPTERS_DIR
 from autograder.grading.feedback import _feedback_html
 from autograder.grading.intake import discover, match_notebooks
 from autograder.grading.notebook import assemble, load_submission, reference_calls, reference_cells, visible_source
-from autograder.grading.run import _Outputs
+from autograder.grading.outputs import Outputs as _Outputs
 from autograder.grading.sandbox import Limits, _dirs_with_parents
 
 NB = CHAPTERS_DIR / "01_backprop" / "1_derivatives_and_scalar_autograd.ipynb"

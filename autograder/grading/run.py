@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .kernel_guard import PROOF_NAME
+from .outputs import Outputs
 from .sandbox import NOBODY, Kernel, Limits
 
 GUARD = "__import__('_dlbook_guard').check({})"
@@ -33,46 +34,6 @@ class Settings:
 
 # --- running one notebook in a confined kernel ---------------------------------------------------
 
-class _Outputs:
-    """Cell outputs as nbformat dicts, capped in bytes."""
-
-    def __init__(self, cap: int):
-        self.cap, self.used, self.dropped, self.items = cap, 0, 0, []
-
-    def add_text(self, name: str, text: str) -> None:
-        room = max(self.cap - self.used, 0)
-        size = len(text.encode("utf-8", "replace"))
-        if size > room:
-            self.dropped += size - room
-            text = text.encode("utf-8", "replace")[:room].decode("utf-8", "ignore")
-        if not text:
-            return
-        self.used += len(text.encode("utf-8", "replace"))
-        if self.items and self.items[-1].get("name") == name and self.items[-1]["output_type"] == "stream":
-            self.items[-1]["text"] += text
-        else:
-            self.items.append({"output_type": "stream", "name": name, "text": text})
-
-    def add_data(self, kind: str, content: dict) -> None:
-        data = content.get("data", {})
-        size = len(json.dumps(data))
-        if self.used + size > self.cap:
-            self.dropped += size
-            return
-        self.used += size
-        out = {"output_type": kind, "data": data, "metadata": content.get("metadata", {})}
-        if kind == "execute_result":
-            out["execution_count"] = content.get("execution_count")
-        self.items.append(out)
-
-    def finish(self) -> list[dict]:
-        if self.dropped:
-            self.items.append({"output_type": "stream", "name": "stderr",
-                               "text": f"\n[grader: {self.dropped} more bytes of output not kept; "
-                                       f"at most {self.cap} bytes are kept]\n"})
-        return self.items
-
-
 def execute(kernel: Kernel, code: str, timeout: float, cap: int, user_expressions: dict | None = None,
             store_history: bool = True) -> dict:
     """Run ``code``; return ``{status: ok|error|timeout|crashed, outputs, error, expressions}``."""
@@ -81,7 +42,7 @@ def execute(kernel: Kernel, code: str, timeout: float, cap: int, user_expression
     kc = kernel.client
     msg_id = kc.execute(code, store_history=store_history, user_expressions=user_expressions or {},
                         allow_stdin=False, stop_on_error=False)
-    outputs, error, reply, idle = _Outputs(cap), None, None, False
+    outputs, error, reply, idle = Outputs(cap), None, None, False
     deadline = time.monotonic() + timeout
     while not (idle and reply is not None):
         remaining = deadline - time.monotonic()

@@ -36,6 +36,7 @@ from pathlib import Path
 NOBODY = 65534
 SANDBOX_WORK = "/grade"
 SANDBOX_GRADER = "/grader"
+SANDBOX_JUDGE = "/judge"  # read-only for the kernel: the judge's socket lives here
 
 
 @dataclass
@@ -133,6 +134,8 @@ class Kernel:
         else:
             self.work.mkdir()
         self.grader_dir.mkdir()
+        self.judge_dir = self.run_dir / "judge"
+        self.judge_dir.mkdir()
         shutil.copyfile(Path(__file__).with_name("kernel_guard.py"), self.grader_dir / "_dlbook_guard.py")
         (self.work / ".ipc").mkdir()
         self.drop_to_nobody = self.use_bwrap and os.geteuid() == 0
@@ -140,7 +143,7 @@ class Kernel:
             for root, dirs, files in os.walk(self.work):
                 for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
                     os.lchown(name, NOBODY, NOBODY)
-        for d in (self.run_dir, self.grader_dir):
+        for d in (self.run_dir, self.grader_dir, self.judge_dir):
             d.chmod(0o755)
         self.env = env
         self.proc: subprocess.Popen | None = None
@@ -151,7 +154,8 @@ class Kernel:
         """Return the path the kernel sees for ``host_path`` (under the work or grader directory)."""
         if not self.use_bwrap:
             return str(host_path)
-        for host, inner in ((self.work, SANDBOX_WORK), (self.grader_dir, SANDBOX_GRADER)):
+        for host, inner in ((self.work, SANDBOX_WORK), (self.grader_dir, SANDBOX_GRADER),
+                            (self.judge_dir, SANDBOX_JUDGE)):
             if host_path == host or host in host_path.parents:
                 return inner + "/" + str(host_path.relative_to(host)) if host_path != host else inner
         raise ValueError(f"{host_path} is not visible in the sandbox")
@@ -180,6 +184,7 @@ class Kernel:
         for path in _readonly_paths():
             args += [*_dirs_with_parents(path), "--ro-bind", str(path), str(path)]
         args += ["--bind", str(self.work), SANDBOX_WORK, "--ro-bind", str(self.grader_dir), SANDBOX_GRADER,
+                 "--ro-bind", str(self.judge_dir), SANDBOX_JUDGE,
                  "--proc", "/proc", "--dev", "/dev", "--chdir", SANDBOX_WORK]
         if self.drop_to_nobody:
             args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "setpriv", "--reuid", str(NOBODY),
