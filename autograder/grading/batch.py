@@ -39,10 +39,11 @@ def grade_notebook(name: str, ref: list[dict], found: tuple, workdir: Path | Non
         try:
             cells, flags = assemble(ref, sub)
             report["flags"] += flags + reference_calls(ref, cells)
-            run = run_notebook(cells, workdir, settings, dlbook_modules(ref))
+            run = run_notebook(cells, workdir, settings, dlbook_modules(ref), ref=ref)
             results = run["results"]
             report["flags"] += run["flags"]
-            report.update(restarts=run["restarts"], seconds=round(run["seconds"], 2), sandbox=run["sandbox"])
+            report.update(restarts=run["restarts"], seconds=round(run["seconds"], 2), sandbox=run["sandbox"],
+                          judge_seed=run["judge_seed"])
         except Exception as err:  # noqa: BLE001 - a bad submission never aborts the batch
             report["status"] = "error"
             report["flags"].append(f"grading_failed: {type(err).__name__}: {str(err)[:500]}")

@@ -74,16 +74,20 @@ def _norm(source: str) -> str:
 
 
 def assemble(ref: list[dict], sub: list[dict]) -> tuple[list[dict], list[str]]:
-    """Return (cells to run, flags): the learner's cells with every graded cell taken from ``ref``.
+    """Return (cells to run, flags): the reference notebook with the learner's solution cells in it.
 
-    Solution cells keep the learner's code; test cells are the reference's (hidden tests included);
-    a reference cell missing from the submission is put back after its predecessor; metadata of the
-    submission is compared with the reference and only reported.
+    Every cell that is not a learner's answer runs as the *reference* wrote it: test cells (hidden
+    tests included) and the setup code cells (imports, data, helpers), whatever the submission holds
+    (deleted, edited, re-flagged). A learner's code cell that matches no reference cell runs where the
+    learner put it (``extra``); a reference cell missing from the submission (or edited) is put back
+    after the cell that precedes it in the reference. Metadata of the submission is only reported.
     """
     flags: list[str] = []
     by_id = {c["grade_id"]: c for c in ref if c["kind"] in ("solution", "test") and c["grade_id"]}
+    code_cells = {i: _norm(c["source"]) for i, c in enumerate(ref) if c["kind"] == "code"}
     run: list[dict] = []
     seen: set[str] = set()
+    claimed: set[int] = set()
     for cell in sub:
         gid = cell["meta"].get("grade_id")
         gid = gid if isinstance(gid, str) else None
@@ -96,7 +100,13 @@ def assemble(ref: list[dict], sub: list[dict]) -> tuple[list[dict], list[str]]:
                 flags.append(f"duplicate_grade_id: {gid} appears again; run as plain code")
             elif gid and cell["meta"]:
                 flags.append(f"unknown_grade_id: {gid} is not in the reference; run as plain code")
-            run.append({"kind": "code", "source": cell["source"], "grade_id": None})
+            norm = _norm(cell["source"])
+            match = next((i for i, src in code_cells.items() if i not in claimed and src == norm), None)
+            if match is not None:
+                claimed.add(match)
+                run.append({"kind": "code", "source": ref[match]["source"], "grade_id": None, "ref_index": match})
+            elif norm:
+                run.append({"kind": "extra", "source": cell["source"], "grade_id": None})
             continue
         seen.add(gid)
         for key in ("grade", "solution", "locked", "points"):
@@ -109,29 +119,33 @@ def assemble(ref: list[dict], sub: list[dict]) -> tuple[list[dict], list[str]]:
             run.append({"kind": "test", "source": refc["source"], "grade_id": gid, "points": refc["points"]})
         else:
             run.append({"kind": "solution", "source": cell["source"], "grade_id": gid})
-    extra = sum(c["kind"] == "code" for c in run) - sum(c["kind"] == "code" for c in ref)
-    if extra > 0:
-        flags.append(f"extra_cells: {extra} more code cell(s) than the reference (run as written)")
-    # Put back missing graded cells, each right after the graded cell that precedes it in the reference.
+    extra = sum(c["kind"] == "extra" for c in run)
+    if extra:
+        flags.append(f"extra_cells: {extra} code cell(s) that are not in the reference (run as written)")
+    # Put back missing reference cells, each right after the reference cell that precedes it.
     anchor = -1
-    for refc in ref:
-        if refc["kind"] not in ("solution", "test"):
+    for i, refc in enumerate(ref):
+        if refc["kind"] == "markdown":
             continue
-        pos = next((i for i, c in enumerate(run) if c["grade_id"] == refc["grade_id"]), None)
+        if refc["kind"] == "code":
+            pos = next((j for j, c in enumerate(run) if c.get("ref_index") == i), None)
+        else:
+            pos = next((j for j, c in enumerate(run) if c["grade_id"] == refc["grade_id"]), None)
         if pos is not None:
             anchor = pos
             continue
-        if anchor < 0:  # nothing graded placed yet: after as many code cells as precede it in the reference
-            before = sum(c["kind"] == "code" for c in ref[: ref.index(refc)])
-            codes = [i for i, c in enumerate(run) if c["kind"] == "code"]
-            anchor = codes[min(before, len(codes)) - 1] if before and codes else -1
         if refc["kind"] == "test":
             flags.append(f"test_cell_missing: {refc['grade_id']} (the reference test is run)")
-            run.insert(anchor + 1, {"kind": "test", "source": refc["source"], "grade_id": refc["grade_id"],
-                                    "points": refc["points"], "restored": True})
-            anchor += 1
+            entry = {"kind": "test", "source": refc["source"], "grade_id": refc["grade_id"],
+                     "points": refc["points"], "restored": True}
+        elif refc["kind"] == "code":
+            flags.append(f"code_cell_changed: reference cell {i} was edited or deleted (the reference cell is run)")
+            entry = {"kind": "code", "source": refc["source"], "grade_id": None, "ref_index": i, "restored": True}
         else:
             flags.append(f"solution_cell_missing: {refc['grade_id']}")
+            continue
+        run.insert(anchor + 1, entry)
+        anchor += 1
     return run, flags
 
 

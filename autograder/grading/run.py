@@ -5,14 +5,13 @@ from __future__ import annotations
 import ast
 import json
 import os
-import secrets
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .kernel_guard import PROOF_NAME
+from .judge import Judge, JudgeAbort, judge_seed
 from .outputs import Outputs
 from .sandbox import NOBODY, Kernel, Limits
 
@@ -30,6 +29,7 @@ class Settings:
     use_bwrap: bool | None = None  # None: whenever bubblewrap works
     threads: int = 1  # OMP/MKL threads per kernel
     feedback: bool = True
+    judge_seed: int | None = None  # salt of hidden inputs; None: a fresh one per notebook (recorded in the report)
 
 
 # --- running one notebook in a confined kernel ---------------------------------------------------
@@ -37,12 +37,17 @@ class Settings:
 def execute(kernel: Kernel, code: str, timeout: float, cap: int, user_expressions: dict | None = None,
             store_history: bool = True) -> dict:
     """Run ``code``; return ``{status: ok|error|timeout|crashed, outputs, error, expressions}``."""
+    msg_id = kernel.client.execute(code, store_history=store_history, user_expressions=user_expressions or {},
+                                   allow_stdin=False, stop_on_error=False)
+    return collect(kernel, msg_id, timeout, Outputs(cap))
+
+
+def collect(kernel: Kernel, msg_id: str, timeout: float, outputs: Outputs) -> dict:
+    """Gather the outputs and the reply of the execute request ``msg_id`` (see :func:`execute`)."""
     import queue
 
     kc = kernel.client
-    msg_id = kc.execute(code, store_history=store_history, user_expressions=user_expressions or {},
-                        allow_stdin=False, stop_on_error=False)
-    outputs, error, reply, idle = Outputs(cap), None, None, False
+    error, reply, idle = None, None, False
     deadline = time.monotonic() + timeout
     while not (idle and reply is not None):
         remaining = deadline - time.monotonic()
@@ -72,12 +77,10 @@ def execute(kernel: Kernel, code: str, timeout: float, cap: int, user_expression
         elif kind in ("display_data", "execute_result"):
             outputs.add_data(kind, content)
         elif kind == "error":
-            error = f"{content.get('ename', 'Error')}: {str(content.get('evalue', ''))[:2000]}"
-            tb = "\n".join(content.get("traceback", []))[-8000:]
-            outputs.items.append({"output_type": "error", "ename": str(content.get("ename", ""))[:200],
-                                  "evalue": str(content.get("evalue", ""))[:2000], "traceback": [tb]})
+            error = f"{str(content.get('ename', 'Error'))[:200]}: {str(content.get('evalue', ''))[:2000]}"
+            outputs.add_error(content.get("ename", ""), content.get("evalue", ""), content.get("traceback", []))
         elif kind == "clear_output":
-            outputs.items.clear()
+            outputs.clear()
         elif kind == "status" and content.get("execution_state") == "idle":
             idle = True
     if any(isinstance(p, dict) and p.get("source") == "ask_exit" for p in reply.get("payload", [])):
@@ -127,14 +130,19 @@ def _seed_matplotlib_cache(kernel: Kernel) -> None:
         pass
 
 
-def run_notebook(cells: list[dict], workdir: Path | None, settings: Settings, watch: list[str] = ()) -> dict:
-    """Execute ``cells`` (from :func:`assemble`) in a confined kernel; return the results per cell.
+def run_notebook(cells: list[dict], workdir: Path | None, settings: Settings, watch: list[str] = (),
+                 ref: list[dict] | None = None) -> dict:
+    """Execute ``cells`` (from :func:`assemble`) in a confined kernel; test cells go to the judge.
 
+    ``ref``: the reference cells (the judge's setup and the learner's names come from them).
     ``watch``: modules the guard snapshots at start, besides numpy, torch, math and dlbook.
     """
     kernel = Kernel(workdir, settings.limits, {}, settings.use_bwrap)
     kernel.env = {**_kernel_env(kernel, settings), "DLBOOK_GUARD_MODULES": ",".join(watch)}
     _seed_matplotlib_cache(kernel)
+    shutil.copyfile(Path(__file__).with_name("agent.py"), kernel.grader_dir / "_dlbook_agent.py")
+    seed = judge_seed(settings.judge_seed)
+    judge = Judge(ref if ref is not None else cells, seed, kernel.judge_dir)
     start = time.monotonic()
     deadline = start + settings.notebook_budget
     results: list[dict | None] = [None] * len(cells)
@@ -142,36 +150,30 @@ def run_notebook(cells: list[dict], workdir: Path | None, settings: Settings, wa
     history: list[str] = []
     restarts = 0
     left = settings.notebook_output_cap
+    started = False
     try:
-        kernel.start()
         for i, cell in enumerate(cells):
             if cell["kind"] == "markdown":
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 1:
-                results[i] = {"status": "not-run", "outputs": [], "error": "the notebook's time budget was used up"}
+                results[i] = {"status": "not-run", "outputs": [], "error": "the notebook's time budget was used up",
+                              "flags": []}
                 continue
             if not kernel.alive():
-                restarts += 1
-                _restart(kernel, history, settings, deadline)
+                try:
+                    restarts += started
+                    started = True
+                    _restart(kernel, history, settings, deadline)
+                except RuntimeError as err:  # the kernel would not start: this cell is not run, credit is kept
+                    results[i] = {"status": "crashed", "outputs": [], "flags": [],
+                                  "error": f"the kernel could not be started: {str(err)[:300]}"}
+                    kernel.stop()
+                    continue
             timeout = min(settings.cell_timeout, deadline - time.monotonic())
             cap = min(settings.output_cap, max(left, 0))
             if cell["kind"] == "test":
-                pre = _guard_result(execute(kernel, "", timeout, cap, {"guard": GUARD.format("False")}, False))
-                pre_flags = pre["flags"] if pre else ["guard_failed: the session check could not run"]
-                token = secrets.token_hex(16)
-                res = execute(kernel, f"{cell['source']}\n{PROOF_NAME} = {token!r}\n", timeout, cap,
-                              {"guard": GUARD.format("True")})
-                res["flags"] = list(pre_flags)
-                post = _guard_result(res)
-                if res["status"] == "ok":
-                    if post is None or post.get("proof") != token:
-                        res["status"], res["error"] = "tampered", "the test cell did not really run (no proof)"
-                        res["flags"].append(f"no_proof_of_execution: {cell['grade_id']}")
-                    else:
-                        res["flags"] += post["flags"]
-                        if any(not f.startswith("lying_eq") for f in post["flags"]):
-                            res["status"], res["error"] = "tampered", "the session was manipulated during the test"
+                res = judge_test(kernel, judge, cell, timeout, cap)
             else:
                 res = execute(kernel, cell["source"], timeout, cap, {"guard": GUARD.format("False")})
                 post = _guard_result(res)
@@ -186,9 +188,41 @@ def run_notebook(cells: list[dict], workdir: Path | None, settings: Settings, wa
                     res["status"], res["error"] = "crashed", "the kernel exited"
                 kernel.stop()
     finally:
+        judge.close()
         kernel.cleanup()
     return {"results": results, "flags": flags, "restarts": restarts, "seconds": time.monotonic() - start,
-            "sandbox": "bubblewrap" if kernel.use_bwrap else "rlimits-only"}
+            "sandbox": "bubblewrap" if kernel.use_bwrap else "rlimits-only", "judge_seed": seed}
+
+
+def judge_test(kernel: Kernel, judge: Judge, cell: dict, timeout: float, cap: int) -> dict:
+    """Run one test cell in the judge, the learner's kernel answering its requests; return the cell's result.
+
+    The kernel only runs the agent's ``serve`` (no test code); the judge's verdict is the status. The
+    cell's outputs are what the test printed here, then what the learner's code printed there.
+    """
+    deadline = time.monotonic() + timeout
+    path = kernel.inside(kernel.judge_dir / "judge.sock")
+    msg_id = kernel.client.execute(judge.serve_code(path), store_history=False, allow_stdin=False,
+                                   stop_on_error=False)
+    try:
+        conn = judge.accept(kernel.alive, deadline)
+    except JudgeAbort as err:
+        verdict = {"status": err.status, "error": err.message, "stdout": "", "requests": 0}
+    else:
+        verdict = judge.run_test(cell, conn)
+    outputs = Outputs(cap)
+    if verdict["stdout"]:
+        outputs.add_text("stdout", verdict["stdout"])
+    if verdict["status"] in ("ok", "error"):  # the kernel is back from serve: collect what learner code printed
+        kernel_side = collect(kernel, msg_id, max(min(deadline - time.monotonic(), 30.0), 5.0), outputs)
+        if kernel_side["status"] in ("timeout", "crashed"):
+            verdict["status"], verdict["error"] = kernel_side["status"], kernel_side["error"]
+    if verdict["status"] != "ok" and verdict["error"]:
+        ename, _, evalue = verdict["error"].partition(": ")
+        outputs.add_error(ename, evalue, [verdict["error"]])
+    status = {"ok": "ok", "error": "error"}.get(verdict["status"], verdict["status"])
+    return {"status": status, "outputs": outputs.finish(), "error": verdict["error"], "flags": [],
+            "requests": verdict["requests"]}
 
 
 def _restart(kernel: Kernel, history: list[str], settings: Settings, deadline: float) -> None:

@@ -1,0 +1,836 @@
+"""The judge: runs a chapter's test cells in the grader's own process and decides the points.
+
+A test cell (visible checks and hidden tests alike) is never sent to the learner's kernel. The
+judge executes it here, in a namespace built from the reference notebook's own setup statements
+(the imports and helpers the tests need, found by a static slice of the setup cells), where every
+name a solution cell defines (``conv2d_naive``, ``Value``, ``Adam``...) is a :class:`LearnerObject`:
+using it asks the learner's kernel (through :mod:`.agent`) to call the learner's function, read an
+attribute, apply an operator. What comes back is plain data, decoded without pickle (JSON, and
+``numpy.load(allow_pickle=False)`` for arrays and tensors) within size limits; objects that are not
+plain data stay in the kernel and are used through further requests.
+
+So the verdict is the judge's: the tests, expected values and tolerances live only in this process;
+``check``, ``np``, ``torch`` and dlbook's references are the judge's own; a learner object's ``==``
+is never called (a learner object equals only itself); and nothing the learner's process does to
+its own interpreter (patched functions, transformers, trace hooks, signal handlers) reaches here.
+Arrays and tensors the tests pass to learner code are *mirrored*: the kernel's copy and the judge's
+are synchronised before and after every request, so in-place updates (an optimizer's ``step``)
+work as in a notebook. The judge's own functions cross as callbacks that the kernel can only call.
+
+Hidden tests that draw inputs with ``check.random_inputs`` draw them from a seed salted per grading
+run (``Settings.judge_seed``, recorded in the report), so a learner cannot tune answers to fixed
+hidden inputs.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import builtins
+import contextlib
+import importlib
+import io
+import os
+import pickle
+import secrets
+import select
+import socket
+import time
+import types
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .agent import MAX_FRAME, ProtocolError, array_to_b64, b64_to_array, recv_frame, send_frame, tensor_fields
+from .agent import tensor_from_fields as _tensor_from_fields
+from .notebook import _parse
+
+HIDDEN_BEGIN, HIDDEN_END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
+MAX_DEPTH = 64
+
+
+class JudgeAbort(BaseException):  # noqa: N818 - a BaseException, so a test's ``except Exception`` cannot swallow it
+    """The learner's kernel stopped answering (timeout, death, broken protocol): the test did not pass."""
+
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class LearnerError(Exception):
+    """An exception raised by the learner's code that is not a builtin exception type."""
+
+
+# --- namespace: the reference's setup, sliced ----------------------------------------------------
+
+def _bound_and_free(node: ast.AST) -> tuple[set[str], set[str]]:
+    """Return (names a top-level statement binds, names it reads that it does not bind itself)."""
+    bound, used = set(), set()
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        bound.add(node.name)
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Name):
+            (bound if isinstance(sub.ctx, (ast.Store, ast.Del)) and sub in _top_targets(node) else used).add(sub.id)
+        elif isinstance(sub, (ast.Import, ast.ImportFrom)):
+            for alias in sub.names:
+                bound.add((alias.asname or alias.name).split(".")[0])
+    inner = set()
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.arg):
+            inner.add(sub.arg)
+        elif isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
+            inner.add(sub.id)
+        elif isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and sub is not node:
+            inner.add(sub.name)
+    return bound, used - bound - inner - set(dir(builtins))
+
+
+def _top_targets(node: ast.AST) -> set[ast.AST]:
+    """Return the Name nodes a statement binds at module level (not inside functions or comprehensions)."""
+    found: set[ast.AST] = set()
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return found
+
+    def visit(n: ast.AST) -> None:
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.ListComp, ast.SetComp,
+                          ast.DictComp, ast.GeneratorExp)) and n is not node:
+            return
+        if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
+            found.add(n)
+        for child in ast.iter_child_nodes(n):
+            visit(child)
+
+    visit(node)
+    return found
+
+
+def learner_names(ref: list[dict]) -> list[str]:
+    """Return the names the reference's solution cells define at top level (what the tests ask the kernel for)."""
+    names: list[str] = []
+    for cell in ref:
+        tree = _parse(cell["source"]) if cell["kind"] == "solution" else None
+        for node in tree.body if tree else []:
+            for name in _bound_and_free(node)[0]:
+                if name not in names:
+                    names.append(name)
+    return names
+
+
+def setup_slice(ref: list[dict]) -> str:
+    """Return the setup statements the test cells need (imports, helpers, data), in notebook order."""
+    learner = set(learner_names(ref))
+    needed: set[str] = set()
+    for cell in ref:
+        tree = _parse(cell["source"]) if cell["kind"] == "test" else None
+        bound, free = set(), set()
+        for node in tree.body if tree else []:
+            b, f = _bound_and_free(node)
+            bound, free = bound | b, free | f
+        needed |= free - bound  # a name the cell binds anywhere is its own (tests bind before they read)
+    needed -= learner
+    statements = [node for cell in ref if cell["kind"] == "code" for node in (getattr(_parse(cell["source"]),
+                                                                                  "body", None) or [])]
+    keep = []
+    for node in reversed(statements):
+        bound, free = _bound_and_free(node)
+        if bound & needed:
+            keep.append(node)
+            needed |= free - learner
+    return "\n".join(ast.unparse(node) for node in reversed(keep))
+
+
+# --- values: judge -> kernel ----------------------------------------------------------------------
+
+def _importable(obj) -> tuple[str, str] | None:
+    """Return (module, qualname) when ``obj`` is what importing that name gives (the kernel can import it)."""
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str) or "<" in qualname or module == "__main__":
+        return None
+    try:
+        found = importlib.import_module(module)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError):
+        return None
+    return (module, qualname) if found is obj else None
+
+
+def _owner_name(owner) -> str:
+    if isinstance(owner, types.ModuleType):
+        return owner.__name__
+    return f"{owner.__module__}:{owner.__qualname__}"
+
+
+class LearnerObject:
+    """A value that lives in the learner's kernel: a name a solution cell defined, or an object it returned.
+
+    Every use is a request to the kernel; what comes back is plain data (or another LearnerObject).
+    Equality and hashing are by identity, here, without asking the learner's code.
+    """
+
+    __slots__ = ("_judge_conn", "_judge_spec", "_judge_type", "__weakref__")
+
+    def __init__(self, conn: Connection, spec: dict, type_name: str):
+        object.__setattr__(self, "_judge_conn", conn)
+        object.__setattr__(self, "_judge_spec", spec)
+        object.__setattr__(self, "_judge_type", type_name)
+
+    def __repr__(self) -> str:
+        spec = object.__getattribute__(self, "_judge_spec")
+        what = spec.get("name") or f"{object.__getattribute__(self, '_judge_type')} object"
+        return f"<learner's {what}>"
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("_judge_"):
+            raise AttributeError(attr)
+        return self._judge_conn.request({"op": "getattr", "target": self._judge_spec, "attr": attr})
+
+    def __setattr__(self, attr: str, value) -> None:
+        self._judge_conn.request({"op": "setattr", "target": self._judge_spec, "attr": attr,
+                                  "value": self._judge_conn.encode(value)})
+
+    def __call__(self, *args, **kwargs):
+        conn = self._judge_conn
+        return conn.request({"op": "call", "target": self._judge_spec, "args": conn.encode(list(args)),
+                             "kwargs": conn.encode(kwargs), "forbid": conn.forbid_list()})
+
+    def __eq__(self, other) -> bool:
+        return self is other
+
+    def __ne__(self, other) -> bool:
+        return self is not other
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __iter__(self):
+        items = self._judge_conn.request({"op": "iter", "target": self._judge_spec})
+        return iter(items)
+
+    def _judge_apply(self, fn: str, *args, want: type | None = None):
+        value = self._judge_conn.request({"op": "apply", "fn": fn, "args": self._judge_conn.encode(list(args))})
+        if want is not None and type(value) is not want:
+            raise TypeError(f"{fn.split('.')[-1]}() of the learner's object gave {type(value).__name__}, "
+                            f"expected {want.__name__}")
+        return value
+
+    def __len__(self) -> int:
+        return self._judge_apply("builtins.len", self, want=int)
+
+    def __float__(self) -> float:
+        return self._judge_apply("builtins.float", self, want=float)
+
+    def __int__(self) -> int:
+        return self._judge_apply("builtins.int", self, want=int)
+
+    def __index__(self) -> int:
+        return self._judge_apply("operator.index", self, want=int)
+
+    def __bool__(self) -> bool:
+        return self._judge_apply("builtins.bool", self, want=bool)
+
+    def __instancecheck__(self, obj) -> bool:
+        return self._judge_apply("builtins.isinstance", obj, self, want=bool)
+
+    def __getitem__(self, key):
+        return self._judge_apply("operator.getitem", self, key)
+
+    def __setitem__(self, key, value) -> None:
+        self._judge_apply("operator.setitem", self, key, value)
+
+    def __contains__(self, item) -> bool:
+        return self._judge_apply("operator.contains", self, item, want=bool)
+
+
+def _binary(name: str):
+    def forward(self, other):
+        return self._judge_apply(f"operator.{name}", self, other)
+
+    def reverse(self, other):
+        return self._judge_apply(f"operator.{name}", other, self)
+
+    return forward, reverse
+
+
+for _op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift",
+            "rshift"):
+    _fwd, _rev = _binary(_op + "_" if _op in ("and", "or") else _op)
+    setattr(LearnerObject, f"__{_op}__", _fwd)
+    setattr(LearnerObject, f"__r{_op}__", _rev)
+for _op in ("lt", "le", "gt", "ge"):
+    setattr(LearnerObject, f"__{_op}__", _binary(_op)[0])
+for _op in ("neg", "pos", "abs", "invert"):
+    setattr(LearnerObject, f"__{_op}__", lambda self, _n=_op: self._judge_apply(f"operator.{_n}", self))
+
+
+@dataclass
+class _Mirror:
+    key: int
+    ref: weakref.ref
+    state: object = None  # as last seen by both sides
+
+
+@dataclass
+class Connection:
+    """The judge's end of one ``serve`` session with the learner's kernel."""
+
+    sock: socket.socket
+    alive: object  # () -> bool: the kernel process still runs
+    deadline: float
+    objects: dict = field(default_factory=dict)  # kernel handle -> LearnerObject (so id() is stable)
+    callbacks: dict = field(default_factory=dict)  # key -> judge callable the kernel may call
+    mirrors: dict = field(default_factory=dict)  # id(judge array/tensor) -> _Mirror
+    shared: dict = field(default_factory=dict)  # id(judge module/object) -> (key, object)
+    forbid: list = field(default_factory=list)  # stack of (owner name, attr, exercise) while check.forbidden runs
+    requests: int = 0
+    next_key: int = 0
+
+    def _key(self) -> int:
+        self.next_key += 1
+        return self.next_key
+
+    def forbid_list(self) -> list:
+        return [list(t) for t in self.forbid]
+
+    # encoding the judge's values for the kernel
+    def encode(self, value, depth: int = 0):
+        import numpy as np
+        import torch
+
+        kind = type(value)
+        if depth > MAX_DEPTH:
+            raise TypeError("a value nested too deeply to pass to the learner's code")
+        if value is None or kind in (bool, int, str):
+            return value
+        if kind is float:
+            return value if value == value and abs(value) != float("inf") else {"$t": "float", "v": repr(value)}
+        if isinstance(value, LearnerObject):
+            if object.__getattribute__(value, "_judge_conn") is not self:
+                raise TypeError("a learner object from another test cannot be used here")
+            spec = object.__getattribute__(value, "_judge_spec")
+            return {"$t": "lname", "name": spec["name"]} if "name" in spec else {"$t": "ref", "h": spec["h"]}
+        if kind in (list, tuple, set, frozenset):
+            return {"$t": kind.__name__, "v": [self.encode(v, depth + 1) for v in value]}
+        if kind is dict:
+            return {"$t": "dict", "k": [self.encode(k, depth + 1) for k in value],
+                    "v": [self.encode(v, depth + 1) for v in value.values()]}
+        if kind is complex:
+            return {"$t": "complex", "re": repr(value.real), "im": repr(value.imag)}
+        if kind is bytes:
+            return {"$t": "bytes", "b64": base64.b64encode(value).decode()}
+        if kind is slice:
+            return {"$t": "slice", "v": [self.encode(value.start), self.encode(value.stop), self.encode(value.step)]}
+        if value is Ellipsis:
+            return {"$t": "ellipsis"}
+        if kind is np.ndarray or isinstance(value, torch.Tensor):
+            return self._mirror(value)
+        if isinstance(value, np.generic):
+            return {"$t": "npscalar", "npy": array_to_b64(np.asarray(value))}
+        if kind is np.dtype:
+            return {"$t": "npdtype", "v": value.str}
+        if kind is torch.Size:
+            return {"$t": "size", "v": list(value)}
+        if kind is torch.dtype:
+            return {"$t": "dtype", "v": str(value).removeprefix("torch.")}
+        if kind is torch.device:
+            return {"$t": "device", "v": str(value)}
+        if isinstance(value, torch.nn.Module):
+            return self._shared(value, module=True)
+        named = _importable(value)
+        if named is not None:
+            return {"$t": "fn", "module": named[0], "qualname": named[1]}
+        if callable(value):
+            key = self._key()
+            self.callbacks[key] = value
+            return {"$t": "cb", "k": key, "name": getattr(value, "__name__", "callback")}
+        return self._shared(value, module=False)
+
+    def _tensor_state(self, value):
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            grad = value.grad if value.is_leaf else None
+            return (value.detach().clone(), None if grad is None else grad.detach().clone(), bool(value.requires_grad))
+        return value.copy()
+
+    def _encode_state(self, state) -> dict:
+        if isinstance(state, tuple):
+            data, grad, requires_grad = state
+            return {"$t": "tuple", "v": [{"$t": "tensor", **tensor_fields(data)},
+                                         None if grad is None else {"$t": "tensor", **tensor_fields(grad)},
+                                         requires_grad]}
+        return {"$t": "ndarray", "npy": array_to_b64(state)}
+
+    def _register(self, value) -> _Mirror:
+        mirror = _Mirror(self._key(), weakref.ref(value), self._tensor_state(value))
+        self.mirrors[id(value)] = mirror
+        return mirror
+
+    def _mirror(self, value) -> dict:
+        import torch
+
+        mirror = self.mirrors.get(id(value))
+        if mirror is not None and mirror.ref() is value:
+            return {"$t": "mirror", "m": mirror.key}
+        mirror = self._register(value)
+        init = self._encode_state(mirror.state)
+        if isinstance(value, torch.Tensor):
+            data, grad, requires_grad = mirror.state
+            init = {"$t": "tensor", **tensor_fields(data), "param": type(value) is torch.nn.Parameter,
+                    "requires_grad": requires_grad and value.is_leaf,
+                    "grad": None if grad is None else tensor_fields(grad)}
+        return {"$t": "mirror", "m": mirror.key, "init": init}
+
+    def _shared(self, value, module: bool) -> dict:
+        known = self.shared.get(id(value))
+        if known is not None and known[1] is value:
+            return {"$t": "shared", "k": known[0]}
+        try:
+            blob = base64.b64encode(pickle.dumps(value)).decode()
+        except Exception as err:  # noqa: BLE001 - say what could not be sent
+            raise TypeError(f"cannot pass a {type(value).__name__} to the learner's code ({err})") from None
+        key = self._key()
+        self.shared[id(value)] = (key, value)
+        if not module:
+            return {"$t": "pickle", "k": key, "pickle": blob}
+        tensors = [*value.parameters(), *value.buffers()]
+        return {"$t": "module", "k": key, "pickle": blob, "mirrors": [self._register(t).key for t in tensors]}
+
+    def sync_out(self) -> dict:
+        """Return the state of every live mirrored array/tensor the judge changed since the kernel saw it."""
+        out = {}
+        for ident, mirror in list(self.mirrors.items()):
+            value = mirror.ref()
+            if value is None:
+                del self.mirrors[ident]
+                continue
+            state = self._tensor_state(value)
+            if not _same_state(mirror.state, state):
+                mirror.state = state
+                out[str(mirror.key)] = self._encode_state(state)
+        return out
+
+    def sync_in(self, states) -> None:
+        """Apply the kernel's changes to mirrored arrays/tensors (checked: same kind, shape and dtype)."""
+        if not isinstance(states, dict):
+            raise ProtocolError("a sync that is not an object")
+        by_key = {m.key: m for m in self.mirrors.values()}
+        for key, data in states.items():
+            mirror = by_key.get(int(key)) if str(key).isdigit() else None
+            value = mirror.ref() if mirror else None
+            if value is None:
+                continue
+            state = self.decode(data)
+            _write_state(value, state)
+            mirror.state = self._tensor_state(value)
+
+    # decoding the kernel's data: plain values only, nothing of the learner's runs here
+    def decode(self, data, depth: int = 0):
+        if depth > MAX_DEPTH:
+            raise ProtocolError("a value nested too deeply")
+        if data is None or type(data) in (bool, int, float, str):
+            return data
+        if type(data) is list:
+            raise ProtocolError("an untagged list")
+        if type(data) is not dict:
+            raise ProtocolError(f"a value of JSON type {type(data).__name__}")
+        t = data.get("$t")
+        if t in ("list", "tuple", "set", "frozenset"):
+            items = [self.decode(v, depth + 1) for v in _items(data, "v")]
+            try:
+                return {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}[t](items)
+            except TypeError as err:
+                raise ProtocolError(f"a {t} that cannot be built ({err})") from None
+        if t == "dict":
+            keys, values = _items(data, "k"), _items(data, "v")
+            if len(keys) != len(values):
+                raise ProtocolError("a dict with unequal keys and values")
+            try:
+                return {self.decode(k, depth + 1): self.decode(v, depth + 1) for k, v in zip(keys, values, strict=True)}
+            except TypeError as err:
+                raise ProtocolError(f"a dict that cannot be built ({err})") from None
+        if t == "float":
+            return _float(data.get("v"))
+        if t == "complex":
+            return complex(_float(data.get("re")), _float(data.get("im")))
+        if t == "bytes":
+            return base64.b64decode(_str(data, "b64"), validate=True)
+        if t == "slice":
+            parts = [self.decode(v, depth + 1) for v in _items(data, "v")]
+            if len(parts) != 3 or any(p is not None and type(p) is not int for p in parts):
+                raise ProtocolError("a slice that is not three ints or None")
+            return slice(*parts)
+        if t == "ellipsis":
+            return Ellipsis
+        if t == "ndarray":
+            return b64_to_array(_str(data, "npy"))
+        if t == "npscalar":
+            array = b64_to_array(_str(data, "npy"))
+            if array.shape != ():
+                raise ProtocolError("a numpy scalar that is not 0-d")
+            return array[()]
+        if t == "npdtype":
+            import numpy as np
+
+            try:
+                dtype = np.dtype(_str(data, "v"))
+            except TypeError as err:
+                raise ProtocolError(f"an unknown dtype ({err})") from None
+            if dtype.hasobject:
+                raise ProtocolError("an object dtype")
+            return dtype
+        if t == "tensor":
+            return self._tensor(data)
+        if t == "size":
+            import torch
+
+            sizes = [self.decode(v, depth + 1) for v in _items(data, "v")]
+            if any(type(v) is not int for v in sizes):
+                raise ProtocolError("a torch.Size of non-ints")
+            return torch.Size(sizes)
+        if t == "dtype":
+            import torch
+
+            dtype = getattr(torch, _str(data, "v"), None)
+            if not isinstance(dtype, torch.dtype):
+                raise ProtocolError("an unknown torch dtype")
+            return dtype
+        if t == "device":
+            import torch
+
+            try:
+                return torch.device(_str(data, "v"))
+            except RuntimeError as err:
+                raise ProtocolError(f"an unknown device ({err})") from None
+        if t == "ref":
+            handle = data.get("h")
+            if type(handle) is not int:
+                raise ProtocolError("a handle that is not an int")
+            obj = self.objects.get(handle)
+            if obj is None:
+                obj = LearnerObject(self, {"h": handle}, str(data.get("type", "?"))[:200])
+                self.objects[handle] = obj
+            return obj
+        raise ProtocolError(f"an unknown value tag {str(t)[:50]!r}")
+
+    def _tensor(self, data: dict):
+        import torch
+
+        try:
+            t = _tensor_from_fields(data)
+            if data.get("param") is True:
+                t = torch.nn.Parameter(t, requires_grad=data.get("requires_grad") is True)
+            elif data.get("requires_grad") is True and (t.is_floating_point() or t.is_complex()):
+                t.requires_grad_(True)
+            grad = data.get("grad")
+            if grad is not None:
+                if type(grad) is not dict:
+                    raise ProtocolError("a tensor gradient that is not an object")
+                g = _tensor_from_fields(grad)
+                if g.shape == t.shape and g.dtype == t.dtype and t.is_leaf:
+                    t.grad = g
+        except (RuntimeError, TypeError, ValueError) as err:
+            raise ProtocolError(f"a tensor that cannot be built ({err})") from None
+        return t
+
+    # the conversation
+    def recv(self) -> dict:
+        while True:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise JudgeAbort("timeout", "the test timed out waiting for the learner's code")
+            ready, _, _ = select.select([self.sock], [], [], min(0.5, remaining))
+            if ready:
+                break
+            if not self.alive():
+                raise JudgeAbort("crashed", "the learner's kernel died")
+        self.sock.settimeout(max(self.deadline - time.monotonic(), 1.0))
+        try:
+            return recv_frame(self.sock, MAX_FRAME)
+        except (EOFError, OSError) as err:
+            status = "timeout" if isinstance(err, TimeoutError) else "crashed"
+            raise JudgeAbort(status, "the learner's kernel stopped answering" if status == "crashed" else
+                             "the test timed out waiting for the learner's code") from None
+        except ProtocolError as err:
+            raise JudgeAbort("error", f"the learner's kernel sent {err}") from None
+
+    def request(self, message: dict):
+        self.requests += 1
+        message["sync"] = self.sync_out()
+        try:
+            send_frame(self.sock, message)
+        except OSError:
+            raise JudgeAbort("crashed", "the learner's kernel stopped answering") from None
+        while True:
+            reply = self.recv()
+            try:
+                self.sync_in(reply.get("sync", {}))
+                op = reply.get("op")
+                if op == "result":
+                    return self.decode(reply.get("value"))
+                if op == "error":
+                    raise _learner_exception(reply)
+                if op == "callback":
+                    self._callback(reply)
+                    continue
+                raise ProtocolError(f"an unexpected message {str(op)[:50]!r}")
+            except ProtocolError as err:
+                raise JudgeAbort("error", f"the learner's kernel sent {err}") from None
+
+    def _callback(self, msg: dict) -> None:
+        fn = self.callbacks.get(msg.get("k"))
+        if fn is None:
+            raise ProtocolError("a callback that was never handed out")
+        args, kwargs = self.decode(msg.get("args")), self.decode(msg.get("kwargs"))
+        if type(args) is not list or type(kwargs) is not dict or any(type(k) is not str for k in kwargs):
+            raise ProtocolError("callback arguments that are not a list and a dict")
+        try:
+            value = fn(*args, **kwargs)
+            reply = {"op": "cbresult", "value": self.encode(value)}
+        except Exception as err:  # noqa: BLE001 - only the type goes back: no test detail reaches the kernel
+            reply = {"op": "cberror", "type": type(err).__name__}
+        reply["sync"] = self.sync_out()
+        try:
+            send_frame(self.sock, reply)
+        except OSError:
+            raise JudgeAbort("crashed", "the learner's kernel stopped answering") from None
+
+
+def _items(data: dict, key: str) -> list:
+    items = data.get(key)
+    if type(items) is not list:
+        raise ProtocolError(f"a container whose {key!r} is not a list")
+    return items
+
+
+def _str(data: dict, key: str) -> str:
+    value = data.get(key)
+    if type(value) is not str:
+        raise ProtocolError(f"a field {key!r} that is not a string")
+    return value
+
+
+def _float(text) -> float:
+    if type(text) is not str or len(text) > 64:
+        raise ProtocolError("a float that is not a short string")
+    try:
+        return float(text)
+    except ValueError:
+        raise ProtocolError("a float that does not parse") from None
+
+
+def _same_state(a, b) -> bool:
+    import numpy as np
+    import torch
+
+    if isinstance(a, tuple) != isinstance(b, tuple):
+        return False
+    if isinstance(a, tuple):
+        if a[2] != b[2] or (a[1] is None) != (b[1] is None):
+            return False
+        if a[0].shape != b[0].shape or a[0].dtype != b[0].dtype or not torch.equal(a[0], b[0]):
+            return False
+        return a[1] is None or (a[1].shape == b[1].shape and a[1].dtype == b[1].dtype and torch.equal(a[1], b[1]))
+    return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
+
+
+def _write_state(value, state) -> None:
+    """Write a mirrored state into the judge's own array/tensor, in place, if it fits."""
+    import numpy as np
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        if type(state) is not tuple or len(state) != 3:
+            raise ProtocolError("a tensor state that is not (data, grad, requires_grad)")
+        data, grad, requires_grad = state
+        if not isinstance(data, torch.Tensor) or data.shape != value.shape:
+            raise ProtocolError("a mirrored tensor whose shape changed")
+        with torch.no_grad():
+            value.copy_(data.to(value.dtype))
+        if value.is_leaf:
+            if grad is not None and (not isinstance(grad, torch.Tensor) or grad.shape != value.shape):
+                raise ProtocolError("a gradient of the wrong shape")
+            value.grad = None if grad is None else grad.to(value.dtype)
+            if type(requires_grad) is bool and requires_grad != value.requires_grad and \
+                    (value.is_floating_point() or not requires_grad):
+                value.requires_grad_(requires_grad)
+        return
+    if type(state) is not np.ndarray or state.shape != value.shape:
+        raise ProtocolError("a mirrored array whose shape changed")
+    value[...] = state
+
+
+def _learner_exception(reply: dict) -> BaseException:
+    from dlbook import check
+
+    kind, message = str(reply.get("type", "Error"))[:100], str(reply.get("message", ""))[:2000]
+    if reply.get("forbidden") is True:
+        return check.ForbiddenCall(message)
+    cls = getattr(builtins, kind, None) if reply.get("builtin") is True else None
+    if isinstance(cls, type) and issubclass(cls, Exception) and not issubclass(cls, (StopIteration,
+                                                                                     StopAsyncIteration)):
+        try:
+            return cls(message)
+        except Exception:  # noqa: BLE001 - an exception type with another signature
+            pass
+    return LearnerError(f"{kind}: {message}")
+
+
+# --- the check module as the tests see it in the judge -------------------------------------------
+
+class _JudgeCheck(types.ModuleType):
+    """``dlbook.check`` for tests run by the judge: ``forbidden`` reaches the kernel; hidden inputs are salted."""
+
+    def __init__(self, judge: Judge):
+        from dlbook import check
+
+        super().__init__("dlbook.check")
+        self.__dict__.update({k: v for k, v in vars(check).items() if not k.startswith("__")})
+        self._judge = judge
+        self._real = check
+
+    @contextlib.contextmanager
+    def forbidden(self, exercise, *targets):
+        conn = self._judge.conn
+        for owner, attr in targets:
+            getattr(owner, attr)  # a misspelt target fails here, as in the notebook
+        entries = [(_owner_name(owner), attr, exercise) for owner, attr in targets]
+        conn.forbid.extend(entries)
+        try:
+            yield
+        finally:
+            del conn.forbid[len(conn.forbid) - len(entries):]
+
+    def random_inputs(self, seed, *shapes, scale: float = 1.0):
+        if self._judge.hidden:
+            seed = (int(seed) * 1_000_003 + self._judge.seed) % (2**63)
+        return self._real.random_inputs(seed, *shapes, scale=scale)
+
+
+def _mark_hidden(source: str) -> str:
+    """Replace the hidden-test markers by calls that tell the judge where hidden inputs are drawn."""
+    lines = []
+    for line in source.splitlines():
+        stripped = line.strip()
+        indent = line[: len(line) - len(line.lstrip())]
+        if stripped.startswith(HIDDEN_BEGIN):
+            lines.append(f"{indent}__dlbook_hidden__(True)")
+        elif stripped.startswith(HIDDEN_END):
+            lines.append(f"{indent}__dlbook_hidden__(False)")
+        else:
+            lines.append("" if stripped.startswith(("%", "!")) else line)
+    return "\n".join(lines)
+
+
+class Judge:
+    """The tests of one notebook, run here against one learner kernel."""
+
+    def __init__(self, ref: list[dict], seed: int, socket_dir: Path):
+        self.ref, self.seed, self.hidden = ref, seed, False
+        self.names = learner_names(ref)
+        self.setup = setup_slice(ref)
+        self.namespace: dict | None = None
+        self.conn: Connection | None = None
+        self.socket_path = socket_dir / "judge.sock"
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(self.socket_path))
+        os.chmod(self.socket_path, 0o666)  # the kernel runs as another uid; only its sandbox sees this path
+        self.listener.listen(1)
+        self.key = secrets.token_hex(16)
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def serve_code(self, inside_path: str) -> str:
+        return f"__import__('_dlbook_agent').serve({inside_path!r}, {self.key!r})"
+
+    def _namespace(self) -> dict:
+        if self.namespace is None:
+            ns: dict = {"__name__": "__dlbook_judge__", "__builtins__": builtins,
+                        "__dlbook_hidden__": self._set_hidden}
+            for name in self.names:
+                ns[name] = LearnerObject(_LazyConn(self), {"name": name}, name)
+            with contextlib.redirect_stdout(io.StringIO()):
+                exec(compile(self.setup, "<reference setup>", "exec"), ns)  # noqa: S102 - the reference's own code
+            from dlbook import check
+
+            shim = _JudgeCheck(self)
+            for key, value in list(ns.items()):
+                if value is check:
+                    ns[key] = shim
+            self.namespace = ns
+        return self.namespace
+
+    def _set_hidden(self, on: bool) -> None:
+        self.hidden = bool(on)
+
+    def accept(self, alive, deadline: float) -> Connection:
+        """Wait for the kernel's agent to connect; return the connection (JudgeAbort if it does not)."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise JudgeAbort("timeout", "the learner's kernel did not connect to the judge")
+            ready, _, _ = select.select([self.listener], [], [], min(0.5, remaining))
+            if ready:
+                break
+            if not alive():
+                raise JudgeAbort("crashed", "the learner's kernel died before the test")
+        sock, _ = self.listener.accept()
+        conn = Connection(sock, alive, deadline)
+        hello = conn.recv()
+        if hello.get("op") != "hello" or hello.get("key") != self.key:
+            sock.close()
+            raise JudgeAbort("error", "the learner's kernel did not greet the judge properly")
+        return conn
+
+    def run_test(self, cell: dict, conn: Connection) -> dict:
+        """Run one test cell against ``conn``; return ``{status: ok|error|timeout|crashed, error, stdout}``."""
+        self.conn = conn
+        ns = self._namespace()
+        for name in self.names:  # this connection's proxies (objects of earlier tests are gone with their kernel)
+            ns[name] = LearnerObject(conn, {"name": name}, name)
+        self.hidden = False
+        out = io.StringIO()
+        status, error = "ok", None
+        try:
+            code = compile(_mark_hidden(cell["source"]), f"<test {cell['grade_id']}>", "exec")
+            with contextlib.redirect_stdout(out):
+                exec(code, ns)  # noqa: S102 - the reference's test, never the learner's
+        except JudgeAbort as err:
+            status, error = err.status, err.message
+        except Exception as err:  # noqa: BLE001 - a failed test
+            status, error = "error", f"{type(err).__name__}: {str(err)[:2000]}"
+        finally:
+            self.hidden = False
+            try:
+                send_frame(conn.sock, {"op": "done"})
+            except OSError:
+                pass
+            conn.sock.close()
+            self.conn = None
+        return {"status": status, "error": error, "stdout": out.getvalue()[-20000:], "requests": conn.requests}
+
+
+class _LazyConn:
+    """Stands in for a connection while the setup slice runs (setup code must not need the learner)."""
+
+    def __init__(self, judge: Judge):
+        self.judge = judge
+
+    def request(self, message: dict):
+        raise RuntimeError("the reference setup used a learner name before any test")
+
+    def encode(self, value):
+        raise RuntimeError("the reference setup used a learner name before any test")
+
+    def forbid_list(self) -> list:
+        return []
+
+
+def judge_seed(seed: int | None) -> int:
+    """Return the seed hidden inputs are salted with: ``seed`` if given, else a fresh random one."""
+    return int(seed) if seed is not None else secrets.randbits(31)
+
+
+__all__ = ["Connection", "Judge", "JudgeAbort", "LearnerError", "LearnerObject", "judge_seed", "learner_names",
+           "setup_slice"]
