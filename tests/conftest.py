@@ -13,6 +13,7 @@ import pytest
 
 from autograder import course
 from autograder.config import CHAPTERS_DIR, REPO_ROOT
+from autograder.grade import Settings, grade
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 # One torch thread per process: the suite runs two notebooks at once on 2 cores, and oversubscribed
@@ -61,8 +62,17 @@ def _hashes(folder: Path) -> dict[Path, str]:
     return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _grade_chapter(chapter: str, root: Path) -> tuple[Path, dict[Path, str], dict]:
+def _judge_scores(reports: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:
+    """Return {student: {grade_id: (points, max_points)}} from ``grade``'s reports."""
+    return {r["student"]: {e["grade_id"]: (e["points"], e["max_points"])
+                           for n in r["notebooks"] for e in n["exercises"]} for r in reports}
+
+
+def _grade_chapter(chapter: str, root: Path) -> tuple[Path, dict[Path, str], dict, dict]:
     """Release ``chapter`` into its own course directory and autograde alice, bob and carol there.
+
+    Each chapter is graded twice: by nbgrader (``autograde``, tests in the kernel) and by the
+    confined grader (``grade``, tests in the judge); both must agree.
 
     carol hands in only the notebook that holds the bug (her other notebooks would be alice's), which
     keeps the test suite's time down.
@@ -84,7 +94,10 @@ def _grade_chapter(chapter: str, root: Path) -> tuple[Path, dict[Path, str], dic
             nbformat.write(nb, dest)
     hashes = _hashes(subs)
     course.autograde(chapter, subs, course_dir, fast=True, quiet=True)
-    return course_dir, hashes, course.scores(chapter, course_dir)
+    batch = grade(chapter, subs, CHAPTERS_DIR, root / "graded" / chapter, workers=1,
+                  settings=Settings(cell_timeout=300, notebook_budget=1200), progress=False)
+    return course_dir, hashes, course.scores(chapter, course_dir), {"reports": batch.by_student,
+                                                                      "scores": _judge_scores(batch.reports)}
 
 
 @pytest.fixture(scope="session")
@@ -96,15 +109,16 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> dict:
     (its own gradebook), so chapters are graded in parallel, one per core.
     """
     root = tmp_path_factory.mktemp("course")
-    result: dict = {"course_dirs": {}, "hashes": {}, "scores": {}}
+    result: dict = {"course_dirs": {}, "hashes": {}, "scores": {}, "judge": {}}
     workers = max(1, min(len(CHAPTERS), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {chapter: pool.submit(_grade_chapter, chapter, root) for chapter in CHAPTERS}
         for chapter, future in futures.items():
-            course_dir, hashes, scores = future.result()
+            course_dir, hashes, scores, judged = future.result()
             result["course_dirs"][chapter] = course_dir
             result["hashes"].update(hashes)
             result["scores"][chapter] = scores
+            result["judge"][chapter] = judged
     return result
 
 

@@ -110,6 +110,37 @@ def test_one_bug_loses_exactly_its_points(graded, chapter) -> None:
         assert carol[g][0] == 0, f"{g} should score 0 with the bug, got {carol[g][0]}"
 
 
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_judge_agrees_with_nbgrader(graded, chapter) -> None:
+    """The confined grader (tests in the judge) gives every learner the points nbgrader gives (tests in the kernel)."""
+    judged = graded["judge"][chapter]
+    for student, cells in graded["scores"][chapter].items():
+        report = judged["reports"][student]
+        assert report["status"] == "graded", f"{student}: {report['flags']}"
+        got = judged["scores"][student]
+        for grade_id, (points, max_points) in cells.items():
+            if student == "carol" and grade_id not in got:
+                continue  # carol handed in only the notebook with the bug
+            assert got.get(grade_id, (None, None))[1] == max_points, f"{student} {grade_id}: max points differ"
+            assert got[grade_id][0] == points, (
+                f"{student} {grade_id}: the judge gave {got[grade_id][0]}, nbgrader {points}: "
+                f"{[e['error'] for n in report['notebooks'] for e in n['exercises'] if e['grade_id'] == grade_id]}")
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_judge_full_marks_zero_and_the_bug(graded, chapter) -> None:
+    judged = graded["judge"][chapter]
+    alice, bob = judged["reports"]["alice"], judged["reports"]["bob"]
+    assert alice["points"] == alice["max_points"] > 0, [e for n in alice["notebooks"] for e in n["exercises"]
+                                                        if e["status"] != "passed"]
+    assert bob["points"] == 0
+    honest_flags = [f for f in alice["flags"] if not f.startswith("renamed")]
+    assert not honest_flags, f"the instructor's solutions were flagged: {honest_flags}"
+    if chapter in BUGS:
+        lost = {g for g, (p, m) in judged["scores"]["carol"].items() if p < m}
+        assert lost == BUGS[chapter][2], f"the bug should cost exactly {BUGS[chapter][2]}, it cost {lost}"
+
+
 def test_submissions_are_never_modified(graded) -> None:
     for path, digest in graded["hashes"].items():
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, f"{path} was modified"

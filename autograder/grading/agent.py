@@ -204,6 +204,8 @@ class _Session:
                 self.decode(v) for v in data["v"])
         if t == "dict":
             return {self.decode(k): self.decode(v) for k, v in zip(data["k"], data["v"], strict=True)}
+        if t == "iter":
+            return iter([self.decode(v) for v in data["v"]])
         if t == "float":
             return float(data["v"])
         if t == "complex":

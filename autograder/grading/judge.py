@@ -27,6 +27,7 @@ from __future__ import annotations
 import ast
 import base64
 import builtins
+import collections.abc
 import contextlib
 import importlib
 import io
@@ -336,13 +337,15 @@ class Connection:
             return {"$t": "device", "v": str(value)}
         if isinstance(value, torch.nn.Module):
             return self._shared(value, module=True)
+        if isinstance(value, collections.abc.Iterator):  # e.g. a generator of parameters: its items, as an iterator
+            return {"$t": "iter", "v": [self.encode(v, depth + 1) for v in value]}
         named = _importable(value)
         if named is not None:
             return {"$t": "fn", "module": named[0], "qualname": named[1]}
         if callable(value):
             key = self._key()
             self.callbacks[key] = value
-            return {"$t": "cb", "k": key, "name": getattr(value, "__name__", "callback")}
+            return {"$t": "cb", "k": key}  # no name: nothing of the test code crosses
         return self._shared(value, module=False)
 
     def _tensor_state(self, value):
@@ -563,19 +566,23 @@ class Connection:
             raise JudgeAbort("crashed", "the learner's kernel stopped answering") from None
         while True:
             reply = self.recv()
+            op = reply.get("op")
             try:
                 self.sync_in(reply.get("sync", {}))
-                op = reply.get("op")
                 if op == "result":
                     return self.decode(reply.get("value"))
-                if op == "error":
-                    raise _learner_exception(reply)
                 if op == "callback":
                     self._callback(reply)
                     continue
-                raise ProtocolError(f"an unexpected message {str(op)[:50]!r}")
-            except ProtocolError as err:
-                raise JudgeAbort("error", f"the learner's kernel sent {err}") from None
+                if op != "error":
+                    raise ProtocolError(f"an unexpected message {str(op)[:50]!r}")
+                error = _learner_exception(reply)
+            except JudgeAbort:
+                raise
+            except (ProtocolError, ValueError, TypeError, KeyError, OverflowError, EOFError, RecursionError,
+                    MemoryError, pickle.UnpicklingError) as err:  # whatever malformed data makes the decoders raise
+                raise JudgeAbort("error", f"the learner's kernel sent {type(err).__name__}: {str(err)[:200]}") from None
+            raise error
 
     def _callback(self, msg: dict) -> None:
         fn = self.callbacks.get(msg.get("k"))

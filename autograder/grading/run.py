@@ -29,6 +29,7 @@ class Settings:
     use_bwrap: bool | None = None  # None: whenever bubblewrap works
     threads: int = 1  # OMP/MKL threads per kernel
     feedback: bool = True
+    worker_memory_bytes: int = 8 << 30  # RLIMIT_AS of each grading worker process (the judge runs there)
     judge_seed: int | None = None  # salt of hidden inputs; None: a fresh one per notebook (recorded in the report)
 
 
