@@ -135,6 +135,7 @@ class _Session:
         self.mirrors: dict[int, object] = {}  # mirror id -> array/tensor standing for one of the judge's
         self.sent: dict[int, object] = {}  # mirror id -> its state as the judge last saw it
         self.shared: dict[int, object] = {}  # modules and other objects the judge sent once
+        self.graph_views: dict[int, object] = {}  # mirror id -> the tensor learner code sees (see _judge_graph)
         self.done = False
 
     # values -> data
@@ -172,9 +173,12 @@ class _Session:
         if torch is not None:
             if kind in (torch.Tensor, torch.nn.Parameter) and value.layout == torch.strided:
                 grad = value.grad if value.is_leaf else None
-                return {"$t": "tensor", **tensor_fields(value), "param": kind is torch.nn.Parameter,
-                        "requires_grad": bool(value.requires_grad),
-                        "grad": None if grad is None else tensor_fields(grad)}
+                out = {"$t": "tensor", **tensor_fields(value), "param": kind is torch.nn.Parameter,
+                       "requires_grad": bool(value.requires_grad),
+                       "grad": None if grad is None else tensor_fields(grad)}
+                if value.grad_fn is not None:  # the judge may back-propagate through this graph (op "grad")
+                    out["graph"] = self.ref(value)["h"]
+                return out
             if kind is torch.Size:
                 return {"$t": "size", "v": [int(v) for v in value]}
             if kind is torch.dtype:
@@ -251,6 +255,21 @@ class _Session:
             return self._stub(data["k"], data.get("name", "callback"))
         if t == "module":
             return self._module(data)
+        if t == "optimizer":
+            cls = importlib.import_module(data["module"])
+            for part in data["qualname"].split("."):
+                cls = getattr(cls, part)
+            groups = [self.decode(g) for g in data["groups"]]
+            opt = cls(groups)
+            state = self.decode(data["state"])
+            if state:
+                opt.load_state_dict({"state": state, "param_groups": [
+                    {**{k: v for k, v in g.items() if k != "params"},
+                     "params": list(range(sum(len(h["params"]) for h in groups[:i]),
+                                          sum(len(h["params"]) for h in groups[: i + 1])))}
+                    for i, g in enumerate(groups)]})
+            self.shared[data["k"]] = opt
+            return opt
         if t == "shared":
             return self.shared[data["k"]]
         if t == "lname":
@@ -274,12 +293,36 @@ class _Session:
             t.grad = tensor_from_fields(data["grad"])
         return t
 
+    def _judge_graph(self, key: int, value):
+        """A tensor the test computed: back-propagating into it continues in the judge's graph."""
+        import torch
+
+        session = self
+
+        class JudgeGraph(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, anchor):
+                return value.detach().clone()
+
+            @staticmethod
+            def backward(ctx, grad):
+                send_frame(session.sock, {"op": "jgrad", "m": key, "grad": session.encode(grad.detach()),
+                                          "sync": session.sync_out()})
+                session.loop(until_reply=True)
+                return torch.zeros((), dtype=value.dtype)
+
+        return JudgeGraph.apply(torch.zeros((), dtype=value.dtype, requires_grad=True))
+
     def _mirror(self, data: dict):
         """An array or tensor of the judge's: the same object here for every call, kept in sync."""
         key = data["m"]
         if "init" in data:
-            self.mirrors[key] = self.decode(data["init"])
-        return self.mirrors[key]
+            value = self.decode(data["init"])
+            self.mirrors[key] = value
+            self.sent[key] = _state_of(value)
+            if data["init"].get("judge_graph"):
+                self.graph_views[key] = self._judge_graph(key, value)
+        return self.graph_views.get(key, self.mirrors[key])
 
     def _module(self, data: dict):
         import pickle
@@ -340,6 +383,10 @@ class _Session:
 
     def handle(self, msg: dict):
         op = msg.get("op")
+        for key in msg.get("drop", []):  # arrays/tensors the judge no longer holds
+            self.mirrors.pop(key, None)
+            self.sent.pop(key, None)
+            self.graph_views.pop(key, None)
         self.sync_in(msg.get("sync", {}))
         if op == "call":
             fn = self.target(msg["target"])
@@ -360,6 +407,22 @@ class _Session:
                 return type(args[0]).__qualname__
             module, attr = name.split(".")
             return getattr(operator if module == "operator" else builtins, attr)(*args)
+        if op == "grad":
+            import torch
+
+            output = self.objects[msg["h"]]
+            inputs = [self.graph_views.get(k, self.mirrors[k]) for k in msg["inputs"]]
+            with _forbidden(msg.get("forbid", [])):
+                return list(torch.autograd.grad(output, inputs, grad_outputs=self.decode(msg["grad"]),
+                                                allow_unused=True, retain_graph=True))
+        if op == "launch":
+            import cloudpickle
+
+            from dlbook import distributed
+
+            fn = cloudpickle.loads(base64.b64decode(msg["fn"]))  # from the judge: trusted
+            return distributed.launch(fn, int(msg["world"]), tuple(self.decode(msg["args"])),
+                                      **self.decode(msg["kwargs"]))
         if op == "iter":
             return list(self.target(msg["target"]))
         if op == "release":
@@ -474,6 +537,13 @@ class _forbidden:
         if self.context is not None:
             return self.context.__exit__(*exc)
         return False
+
+
+def learner_name(name: str):
+    """Return the learner's global ``name`` (what a test function sent by the judge refers to)."""
+    from IPython import get_ipython
+
+    return get_ipython().user_ns[name]
 
 
 def serve(path: str, key: str) -> None:

@@ -195,6 +195,15 @@ class LearnerObject:
         return conn.request({"op": "call", "target": self._judge_spec, "args": conn.encode(list(args)),
                              "kwargs": conn.encode(kwargs), "forbid": conn.forbid_list()})
 
+    def __reduce__(self):
+        """Pickled (a test function sent to run in the kernel, see ``launch``): the kernel's own name."""
+        spec = object.__getattribute__(self, "_judge_spec")
+        if "name" not in spec:
+            raise TypeError("a learner object returned by a call cannot be sent back inside a function")
+        from . import agent
+
+        return (agent.learner_name, (spec["name"],))
+
     def __eq__(self, other) -> bool:
         return self is other
 
@@ -285,6 +294,7 @@ class Connection:
     forbid: list = field(default_factory=list)  # stack of (owner name, attr, exercise) while check.forbidden runs
     requests: int = 0
     next_key: int = 0
+    dropped: list = field(default_factory=list)  # mirror keys whose judge object is gone (the kernel forgets them)
 
     def _key(self) -> int:
         self.next_key += 1
@@ -337,6 +347,8 @@ class Connection:
             return {"$t": "device", "v": str(value)}
         if isinstance(value, torch.nn.Module):
             return self._shared(value, module=True)
+        if isinstance(value, torch.optim.Optimizer):
+            return self._optimizer(value)
         if isinstance(value, collections.abc.Iterator):  # e.g. a generator of parameters: its items, as an iterator
             return {"$t": "iter", "v": [self.encode(v, depth + 1) for v in value]}
         named = _importable(value)
@@ -365,6 +377,9 @@ class Connection:
         return {"$t": "ndarray", "npy": array_to_b64(state)}
 
     def _register(self, value) -> _Mirror:
+        old = self.mirrors.get(id(value))
+        if old is not None:  # a dead object's id, reused: the kernel can forget the old mirror
+            self.dropped.append(old.key)
         mirror = _Mirror(self._key(), weakref.ref(value), self._tensor_state(value))
         self.mirrors[id(value)] = mirror
         return mirror
@@ -380,8 +395,10 @@ class Connection:
         if isinstance(value, torch.Tensor):
             data, grad, requires_grad = mirror.state
             init = {"$t": "tensor", **tensor_fields(data), "param": type(value) is torch.nn.Parameter,
-                    "requires_grad": requires_grad and value.is_leaf,
-                    "grad": None if grad is None else tensor_fields(grad)}
+                    "requires_grad": requires_grad, "grad": None if grad is None else tensor_fields(grad),
+                    # a tensor computed by the test (a loss): back-propagating through it in the kernel asks
+                    # the judge to go on through the judge's graph (op "jgrad")
+                    "judge_graph": not value.is_leaf and requires_grad}
         return {"$t": "mirror", "m": mirror.key, "init": init}
 
     def _shared(self, value, module: bool) -> dict:
@@ -399,6 +416,21 @@ class Connection:
         tensors = [*value.parameters(), *value.buffers()]
         return {"$t": "module", "k": key, "pickle": blob, "mirrors": [self._register(t).key for t in tensors]}
 
+    def _optimizer(self, opt) -> dict:
+        """An optimizer over mirrored parameters: rebuilt in the kernel from its class, groups and state."""
+        known = self.shared.get(id(opt))
+        if known is not None and known[1] is opt:
+            return {"$t": "shared", "k": known[0]}
+        named = _importable(type(opt))
+        if named is None:
+            raise TypeError(f"cannot pass a {type(opt).__name__} to the learner's code")
+        key = self._key()
+        self.shared[id(opt)] = (key, opt)
+        groups = [self.encode({k: (list(v) if k == "params" else v) for k, v in g.items()}) for g in opt.param_groups]
+        state = opt.state_dict()["state"]
+        return {"$t": "optimizer", "k": key, "module": named[0], "qualname": named[1], "groups": groups,
+                "state": self.encode({int(i): dict(s) for i, s in state.items()})}
+
     def sync_out(self) -> dict:
         """Return the state of every live mirrored array/tensor the judge changed since the kernel saw it."""
         out = {}
@@ -406,6 +438,7 @@ class Connection:
             value = mirror.ref()
             if value is None:
                 del self.mirrors[ident]
+                self.dropped.append(mirror.key)
                 continue
             state = self._tensor_state(value)
             if not _same_state(mirror.state, state):
@@ -483,7 +516,8 @@ class Connection:
                 raise ProtocolError("an object dtype")
             return dtype
         if t == "tensor":
-            return self._tensor(data)
+            tensor = self._tensor(data)
+            return self._remote_graph(tensor, data["graph"]) if type(data.get("graph")) is int else tensor
         if t == "size":
             import torch
 
@@ -536,6 +570,21 @@ class Connection:
             raise ProtocolError(f"a tensor that cannot be built ({err})") from None
         return t
 
+    def _remote_graph(self, tensor, handle: int):
+        """Return ``tensor`` as the output of the kernel's graph: backward asks the kernel for the gradients.
+
+        The inputs are the mirrored tensors that require grad: the learner's computation may have used them.
+        """
+        inputs, keys = [], []
+        for mirror in self.mirrors.values():
+            value = mirror.ref()
+            if value is not None and getattr(value, "requires_grad", False):
+                inputs.append(value)
+                keys.append(mirror.key)
+        if not inputs or not (tensor.is_floating_point() or tensor.is_complex()):
+            return tensor.detach()
+        return _RemoteGraph.apply(tensor.detach(), self, handle, keys, *inputs)
+
     # the conversation
     def recv(self) -> dict:
         while True:
@@ -560,6 +609,7 @@ class Connection:
     def request(self, message: dict):
         self.requests += 1
         message["sync"] = self.sync_out()
+        message["drop"], self.dropped = self.dropped, []
         try:
             send_frame(self.sock, message)
         except OSError:
@@ -574,6 +624,9 @@ class Connection:
                 if op == "callback":
                     self._callback(reply)
                     continue
+                if op == "jgrad":
+                    self._judge_backward(reply)
+                    continue
                 if op != "error":
                     raise ProtocolError(f"an unexpected message {str(op)[:50]!r}")
                 error = _learner_exception(reply)
@@ -583,6 +636,39 @@ class Connection:
                     MemoryError, pickle.UnpicklingError) as err:  # whatever malformed data makes the decoders raise
                 raise JudgeAbort("error", f"the learner's kernel sent {type(err).__name__}: {str(err)[:200]}") from None
             raise error
+
+    def launch(self, fn, world_size: int, args: tuple = (), kwargs: dict | None = None):
+        """``dlbook.distributed.launch`` run by the kernel: ``fn`` is the probe half of a distributed test.
+
+        Worker processes of the learner's code must run in the learner's sandbox, so the function the
+        test hands to ``launch`` (it calls the learner's function on the test's inputs and returns what
+        came out) runs there; its results come back as data and the judge compares them.
+        """
+        import cloudpickle
+
+        blob = base64.b64encode(cloudpickle.dumps(fn)).decode()
+        return self.request({"op": "launch", "fn": blob, "world": int(world_size), "args": self.encode(list(args)),
+                             "kwargs": self.encode(dict(kwargs or {}))})
+
+    def _judge_backward(self, msg: dict) -> None:
+        """The learner back-propagated into a tensor the test computed: go on through the judge's graph."""
+        import torch
+
+        mirror = next((m for m in self.mirrors.values() if m.key == msg.get("m")), None)
+        value = mirror.ref() if mirror else None
+        grad = self.decode(msg.get("grad"))
+        if value is None or not isinstance(grad, torch.Tensor) or grad.shape != value.shape:
+            raise ProtocolError("a backward into a tensor the judge does not hold")
+        try:
+            torch.autograd.backward(value, grad.to(value.dtype), retain_graph=True)
+            reply = {"op": "cbresult", "value": None}
+        except RuntimeError as err:
+            reply = {"op": "cberror", "type": type(err).__name__}
+        reply["sync"] = self.sync_out()
+        try:
+            send_frame(self.sock, reply)
+        except OSError:
+            raise JudgeAbort("crashed", "the learner's kernel stopped answering") from None
 
     def _callback(self, msg: dict) -> None:
         fn = self.callbacks.get(msg.get("k"))
@@ -601,6 +687,46 @@ class Connection:
             send_frame(self.sock, reply)
         except OSError:
             raise JudgeAbort("crashed", "the learner's kernel stopped answering") from None
+
+
+def _remote_graph_class():
+    import torch
+
+    class RemoteGraph(torch.autograd.Function):
+        """The learner's computation, seen from the judge: its backward is computed by the kernel's autograd."""
+
+        @staticmethod
+        def forward(ctx, value, conn, handle, keys, *inputs):
+            ctx.conn, ctx.handle, ctx.keys = conn, handle, keys
+            ctx.shapes = [i.shape for i in inputs]
+            return value.clone()
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            conn = ctx.conn
+            grads = conn.request({"op": "grad", "h": ctx.handle, "inputs": ctx.keys, "forbid": conn.forbid_list(),
+                                  "grad": {"$t": "tensor", **tensor_fields(grad_output)}})
+            if type(grads) is not list or len(grads) != len(ctx.shapes):
+                raise JudgeAbort("error", "the learner's kernel sent gradients that do not fit")
+            for g, shape in zip(grads, ctx.shapes, strict=True):
+                if g is not None and (not isinstance(g, torch.Tensor) or g.shape != shape):
+                    raise JudgeAbort("error", "the learner's kernel sent a gradient of the wrong shape")
+            return (None, None, None, None, *[None if g is None else g.detach() for g in grads])
+
+    return RemoteGraph
+
+
+class _LazyRemoteGraph:
+    cls = None
+
+    @classmethod
+    def apply(cls, *args):
+        if cls.cls is None:
+            cls.cls = _remote_graph_class()
+        return cls.cls.apply(*args)
+
+
+_RemoteGraph = _LazyRemoteGraph
 
 
 def _items(data: dict, key: str) -> list:
@@ -652,8 +778,9 @@ def _write_state(value, state) -> None:
         data, grad, requires_grad = state
         if not isinstance(data, torch.Tensor) or data.shape != value.shape:
             raise ProtocolError("a mirrored tensor whose shape changed")
-        with torch.no_grad():
-            value.copy_(data.to(value.dtype))
+        if not torch.equal(value.detach(), data.to(value.dtype)):
+            with torch.no_grad():
+                value.copy_(data.to(value.dtype))
         if value.is_leaf:
             if grad is not None and (not isinstance(grad, torch.Tensor) or grad.shape != value.shape):
                 raise ProtocolError("a gradient of the wrong shape")
@@ -759,12 +886,12 @@ class Judge:
                 ns[name] = LearnerObject(_LazyConn(self), {"name": name}, name)
             with contextlib.redirect_stdout(io.StringIO()):
                 exec(compile(self.setup, "<reference setup>", "exec"), ns)  # noqa: S102 - the reference's own code
-            from dlbook import check
+            from dlbook import check, distributed
 
-            shim = _JudgeCheck(self)
+            shims = {id(check): _JudgeCheck(self), id(distributed): _JudgeDistributed(self)}
             for key, value in list(ns.items()):
-                if value is check:
-                    ns[key] = shim
+                if id(value) in shims:
+                    ns[key] = shims[id(value)]
             self.namespace = ns
         return self.namespace
 
@@ -816,6 +943,20 @@ class Judge:
             conn.sock.close()
             self.conn = None
         return {"status": status, "error": error, "stdout": out.getvalue()[-20000:], "requests": conn.requests}
+
+
+class _JudgeDistributed(types.ModuleType):
+    """``dlbook.distributed`` for tests run by the judge: ``launch`` runs its workers in the learner's kernel."""
+
+    def __init__(self, judge: Judge):
+        from dlbook import distributed
+
+        super().__init__("dlbook.distributed")
+        self.__dict__.update({k: v for k, v in vars(distributed).items() if not k.startswith("__")})
+        self._judge = judge
+
+    def launch(self, fn, world_size, args=(), **kwargs):
+        return self._judge.conn.launch(fn, world_size, tuple(args), kwargs)
 
 
 class _LazyConn:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import ast
+import errno
 import json
+import os
+import stat
 from pathlib import Path
 
 HELPER_MODULES = {"check", "plot", "train", "data", "settings", "seed", "device", "metrics"}
+MAX_NOTEBOOK_BYTES = 32 << 20  # a submitted notebook larger than this is invalid (not read)
 # --- reading notebooks -------------------------------------------------------------------------
 
 def _source(cell: dict) -> str:
@@ -52,20 +56,59 @@ def reference_cells(path: Path) -> list[dict]:
     return cells
 
 
-def load_submission(path: Path) -> list[dict]:
-    """Return the cells of a submitted notebook as ``{cell_type, source, meta}``; raise ValueError if unreadable."""
+def load_submission(path: Path, max_bytes: int = MAX_NOTEBOOK_BYTES) -> list[dict]:
+    """Return the cells of a submitted notebook as ``{cell_type, source, meta}``; raise ValueError if unreadable.
+
+    The file is hostile: a link is not followed, a file over ``max_bytes`` is not read, and the message
+    of the ValueError says what is wrong (not UTF-8, invalid or too deeply nested JSON, a cell whose
+    source is not text, metadata that is not an object, ...). An OSError means it could not be opened.
+    """
     try:
-        data = json.loads(Path(path).read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"not a notebook (invalid JSON: {err})") from err
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ValueError("a symbolic link (links are never followed)") from err
+        raise
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        raw = f.read(max_bytes + 1) if info.st_size <= max_bytes else b""
+    if info.st_size > max_bytes or len(raw) > max_bytes:
+        raise ValueError(f"too large: {max(info.st_size, len(raw))} bytes, a notebook may have "
+                         f"{max_bytes >> 20} MiB at most")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"not UTF-8 text ({err.reason} at byte {err.start})") from err
+    try:
+        data = json.loads(text)
+    except RecursionError as err:
+        raise ValueError("not a notebook (invalid JSON: nested too deeply)") from err
+    except ValueError as err:  # JSONDecodeError, or an integer of too many digits
+        raise ValueError(f"not a notebook (invalid JSON: {str(err)[:200]})") from err
     cells = data.get("cells") if isinstance(data, dict) else None
     if not isinstance(cells, list):
         raise ValueError("not a notebook (no list of cells)")
     out = []
-    for cell in cells:
+    for i, cell in enumerate(cells, 1):
         if not isinstance(cell, dict) or cell.get("cell_type") not in ("code", "markdown", "raw"):
             raise ValueError("not a notebook (a cell without a valid cell_type)")
-        out.append({"cell_type": cell["cell_type"], "source": _source(cell), "meta": _meta(cell)})
+        src = cell.get("source", "")
+        if isinstance(src, list) and all(isinstance(line, str) for line in src):
+            src = "".join(src)
+        elif not isinstance(src, str):
+            raise ValueError(f"cell {i}: source is not a string or a list of strings")
+        try:
+            src.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(f"cell {i}: source is not valid Unicode ({err.reason})") from err
+        meta = cell.get("metadata", {})
+        if not isinstance(meta, dict):
+            raise ValueError(f"cell {i}: metadata is not an object")
+        if not isinstance(meta.get("nbgrader", {}), dict):
+            raise ValueError(f"cell {i}: metadata.nbgrader is not an object")
+        out.append({"cell_type": cell["cell_type"], "source": src, "meta": _meta(cell)})
     return out
 
 
@@ -201,3 +244,50 @@ def reference_calls(ref: list[dict], run: list[dict]) -> list[str]:
     return sorted(set(flags))
 
 
+DYNAMIC_BUILTINS = {"exec", "eval", "compile", "__import__"}  # run or import code the static checks cannot see
+DYNAMIC_IMPORTERS = {"import_module", "__import__"}  # importlib's
+ATTRIBUTE_BUILTINS = {"getattr", "setattr", "delattr"}
+
+
+def _literal_name(args: list[ast.expr]) -> bool:
+    return len(args) >= 2 and isinstance(args[1], ast.Constant) and isinstance(args[1].value, str)
+
+
+def dynamic_code_flags(run: list[dict]) -> list[str]:
+    """Flag solution cells that run or import code by name, or reach attributes by a computed name.
+
+    Static check of the learner's solution cells (advisory: the flags never change points):
+    ``__import__``, ``importlib.import_module``/``importlib.__import__``, ``exec``, ``eval``, ``compile``
+    (called, or taken as a value; also through ``builtins``), and ``getattr``/``setattr``/``delattr``
+    whose attribute name is not a string literal. Methods such as ``model.eval()`` or
+    ``torch.compile`` are not flagged.
+    """
+    flags = set()
+    for cell in run:
+        tree = _parse(cell["source"]) if cell["kind"] == "solution" else None
+        nodes = list(ast.walk(tree)) if tree else []
+        callee = {id(n.func): n for n in nodes if isinstance(n, ast.Call)}
+        for node in nodes:
+            used = None
+            name = node.id if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) else None
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and \
+                    node.value.id in ("builtins", "__builtins__"):
+                name = node.attr
+            if name in DYNAMIC_BUILTINS:
+                used = name
+            elif name in ATTRIBUTE_BUILTINS:
+                call = callee.get(id(node))
+                if call is None:
+                    used = f"{name} (not called by name)"
+                elif not _literal_name(call.args):
+                    used = f"{name} with a computed attribute name"
+            elif isinstance(node, ast.Attribute) and node.attr in DYNAMIC_IMPORTERS:
+                base = node.value.id if isinstance(node.value, ast.Name) else "..."
+                used = f"{base}.{node.attr}"
+            elif isinstance(node, ast.ImportFrom) and node.module in ("importlib", "builtins"):
+                names = [a.name for a in node.names if a.name in DYNAMIC_IMPORTERS | DYNAMIC_BUILTINS
+                         | ATTRIBUTE_BUILTINS]
+                used = ", ".join(f"{node.module}.{n}" for n in names) or None
+            if used:
+                flags.add(f"dynamic_code: {cell['grade_id']} uses {used}")
+    return sorted(flags)
