@@ -31,6 +31,7 @@ import collections.abc
 import contextlib
 import importlib
 import io
+import operator
 import os
 import pickle
 import secrets
@@ -200,9 +201,7 @@ class LearnerObject:
         spec = object.__getattribute__(self, "_judge_spec")
         if "name" not in spec:
             raise TypeError("a learner object returned by a call cannot be sent back inside a function")
-        from . import agent
-
-        return (agent.learner_name, (spec["name"],))
+        return (operator.methodcaller("learner_name", spec["name"]), (_AgentModule(),))
 
     def __eq__(self, other) -> bool:
         return self is other
@@ -271,6 +270,13 @@ for _op in ("lt", "le", "gt", "ge"):
     setattr(LearnerObject, f"__{_op}__", _binary(_op)[0])
 for _op in ("neg", "pos", "abs", "invert"):
     setattr(LearnerObject, f"__{_op}__", lambda self, _n=_op: self._judge_apply(f"operator.{_n}", self))
+
+
+class _AgentModule:
+    """Pickles as the kernel's own ``_dlbook_agent`` module (imported there by name)."""
+
+    def __reduce__(self):
+        return (importlib.import_module, ("_dlbook_agent",))
 
 
 @dataclass
@@ -819,9 +825,14 @@ class _JudgeCheck(types.ModuleType):
         from dlbook import check
 
         super().__init__("dlbook.check")
-        self.__dict__.update({k: v for k, v in vars(check).items() if not k.startswith("__")})
+        # the module's names, except those this class redefines (an instance attribute would hide them)
+        self.__dict__.update({k: v for k, v in vars(check).items()
+                              if not k.startswith("__") and k not in vars(_JudgeCheck)})
         self._judge = judge
         self._real = check
+
+    def __reduce__(self):  # sent inside a test function to the kernel (``launch``): the kernel's own dlbook.check
+        return (importlib.import_module, ("dlbook.check",))
 
     @contextlib.contextmanager
     def forbidden(self, exercise, *targets):
@@ -952,8 +963,12 @@ class _JudgeDistributed(types.ModuleType):
         from dlbook import distributed
 
         super().__init__("dlbook.distributed")
-        self.__dict__.update({k: v for k, v in vars(distributed).items() if not k.startswith("__")})
+        self.__dict__.update({k: v for k, v in vars(distributed).items()
+                              if not k.startswith("__") and k not in vars(_JudgeDistributed)})
         self._judge = judge
+
+    def __reduce__(self):
+        return (importlib.import_module, ("dlbook.distributed",))
 
     def launch(self, fn, world_size, args=(), **kwargs):
         return self._judge.conn.launch(fn, world_size, tuple(args), kwargs)
