@@ -90,7 +90,8 @@ def _hostile(alice, bob, paths: dict) -> dict[str, object]:
         "targets = [t for t in targets if not os.path.abspath(t).startswith(os.getcwd())]\n"
         "readable = [t for t in targets if os.path.isfile(t) and os.access(t, os.R_OK)]\n"
         "for t in readable:\n    print(open(t).read()[:2000])\nprint('readable:', len(readable))\n"))
-    outside = [str(p) for p in paths["outside_files"]]
+    # /tmp inside the sandbox is the kernel's own private tmpfs (writable); the host's /tmp is checked from outside
+    outside = [str(p) for p in paths["outside_files"] if p.parent != Path("/tmp")]
     subs["writeout"] = _insert_after(A(), "ch01_central_difference", (
         f"written = 0\nfor t in {outside!r}:\n    try:\n        open(t, 'w').write('pwned')\n        written += 1\n"
         "    except OSError:\n        pass\nprint('written outside:', written)\n"

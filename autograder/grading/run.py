@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .judge import Judge, JudgeAbort, judge_seed
 from .outputs import Outputs
-from .sandbox import NOBODY, Kernel, Limits
+from .sandbox import Kernel, Limits, course_env
 
 GUARD = "__import__('_dlbook_guard').check({})"
 @dataclass
@@ -103,34 +101,6 @@ def _guard_result(res: dict) -> dict | None:
         return None
 
 
-def _kernel_env(kernel: Kernel, settings: Settings) -> dict[str, str]:
-    env = {"PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
-           "LANG": "C.UTF-8", "DLBOOK_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1",
-           "MPLCONFIGDIR": kernel.inside(kernel.work) + "/.config/matplotlib",
-           "OMP_NUM_THREADS": str(settings.threads), "MKL_NUM_THREADS": str(settings.threads)}
-    if settings.fast:
-        env["DLBOOK_FAST"] = "1"
-    if os.environ.get("DLBOOK_DATA"):
-        env["DLBOOK_DATA"] = str(Path(os.environ["DLBOOK_DATA"]).resolve())
-    return env
-
-
-def _seed_matplotlib_cache(kernel: Kernel) -> None:
-    """Copy the host's matplotlib font list into the kernel's config dir (else each kernel rebuilds it)."""
-    try:
-        import matplotlib
-
-        target = kernel.work / ".config" / "matplotlib"
-        target.mkdir(parents=True, exist_ok=True)
-        for f in Path(matplotlib.get_cachedir()).glob("fontlist-*.json"):
-            shutil.copyfile(f, target / f.name)
-        if kernel.drop_to_nobody:
-            for p in [kernel.work / ".config", target, *target.iterdir()]:
-                os.lchown(p, NOBODY, NOBODY)
-    except Exception:  # noqa: BLE001 - only a speed-up
-        pass
-
-
 def run_notebook(cells: list[dict], workdir: Path | None, settings: Settings, watch: list[str] = (),
                  ref: list[dict] | None = None) -> dict:
     """Execute ``cells`` (from :func:`assemble`) in a confined kernel; test cells go to the judge.
@@ -138,16 +108,17 @@ def run_notebook(cells: list[dict], workdir: Path | None, settings: Settings, wa
     ``ref``: the reference cells (the judge's setup and the learner's names come from them).
     ``watch``: modules the guard snapshots at start, besides numpy, torch, math and dlbook.
     """
-    kernel = Kernel(workdir, settings.limits, {}, settings.use_bwrap)
-    kernel.env = {**_kernel_env(kernel, settings), "DLBOOK_GUARD_MODULES": ",".join(watch)}
-    _seed_matplotlib_cache(kernel)
+    kernel = Kernel(workdir, settings.limits,
+                    course_env(settings.threads, settings.fast, {"DLBOOK_GUARD_MODULES": ",".join(watch)}),
+                    settings.use_bwrap)
     shutil.copyfile(Path(__file__).with_name("agent.py"), kernel.grader_dir / "_dlbook_agent.py")
+    (kernel.grader_dir / "_dlbook_agent.py").chmod(0o644)
     seed = judge_seed(settings.judge_seed)
     judge = Judge(ref if ref is not None else cells, seed, kernel.judge_dir)
     start = time.monotonic()
     deadline = start + settings.notebook_budget
     results: list[dict | None] = [None] * len(cells)
-    flags: list[str] = []
+    flags: list[str] = [f"not_copied: {entry}" for entry in getattr(kernel, "skipped", [])[:20]]
     history: list[str] = []
     restarts = 0
     left = settings.notebook_output_cap
