@@ -95,9 +95,12 @@ def mse_gradients(X, y, w, b):
 SNOOP = r"""
 import gc, sys, linecache, os
 _found = set()
+_needles = ['BEGIN ' + 'HIDDEN', '_random' + '_dag', 'def _refer' + 'ence', '<test ' + 'ch01']  # not in this code
+def _hit(text):
+    return any(n in text for n in _needles)
 def _snoop():
     for obj in gc.get_objects():
-        if isinstance(obj, str) and ('HIDDEN' in obj or '_random_dag' in obj or 'def _reference' in obj):
+        if isinstance(obj, str) and _hit(obj):
             _found.add(obj[:300])
     for frame in sys._current_frames().values():
         while frame is not None:
@@ -105,7 +108,7 @@ def _snoop():
             frame = frame.f_back
     for lines in list(linecache.cache.values()):
         if len(lines) > 2:
-            _found.update(l[:200] for l in lines[2] if 'HIDDEN' in l or '_random_dag' in l)
+            _found.update(l[:200] for l in lines[2] if _hit(l))
     for d in ('/judge', '/grader'):
         try:
             _found.update(os.listdir(d))
@@ -243,7 +246,7 @@ def test_hidden_tests_never_reach_the_learners_process(judged) -> None:
     assert hidden
     leaked = [line for line in hidden if line in found]
     assert not leaked, leaked[:3]
-    for word in ("HIDDEN", "_random_dag", "def _reference", "<test ch01"):
+    for word in ("BEGIN HIDDEN", "_random_dag", "def _reference", "<test ch01"):
         assert word not in found, f"{word!r} was found in the learner's process: {found[:500]}"
 
 

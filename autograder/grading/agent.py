@@ -415,6 +415,15 @@ class _Session:
             with _forbidden(msg.get("forbid", [])):
                 return list(torch.autograd.grad(output, inputs, grad_outputs=self.decode(msg["grad"]),
                                                 allow_unused=True, retain_graph=True))
+        if op == "values":  # the learner's globals the tests use: plain data by value, anything else by name
+            from IPython import get_ipython
+
+            namespace, out = get_ipython().user_ns, {}
+            for name in msg.get("names", []):
+                if name in namespace:
+                    plain = self.encode(namespace[name])
+                    out[name] = None if isinstance(plain, dict) and plain.get("$t") == "ref" else {"v": namespace[name]}
+            return out
         if op == "launch":
             import cloudpickle
 

@@ -932,12 +932,20 @@ class Judge:
         """Run one test cell against ``conn``; return ``{status: ok|error|timeout|crashed, error, stdout}``."""
         self.conn = conn
         ns = self._namespace()
-        for name in self.names:  # this connection's proxies (objects of earlier tests are gone with their kernel)
-            ns[name] = LearnerObject(conn, {"name": name}, name)
         self.hidden = False
         out = io.StringIO()
         status, error = "ok", None
         try:
+            # this connection's names: a learner's plain value (a number, an array) by value, anything else
+            # (functions, classes, objects) as a proxy; objects of earlier tests are gone with their session
+            values = conn.request({"op": "values", "names": list(self.names)})
+            values = values if type(values) is dict else {}
+            for name in self.names:
+                known = values.get(name)
+                if type(known) is dict and "v" in known:
+                    ns[name] = known["v"]
+                else:
+                    ns[name] = LearnerObject(conn, {"name": name}, name)
             code = compile(_mark_hidden(cell["source"]), f"<test {cell['grade_id']}>", "exec")
             with contextlib.redirect_stdout(out):
                 exec(code, ns)  # noqa: S102 - the reference's test, never the learner's
