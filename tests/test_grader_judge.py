@@ -34,40 +34,41 @@ FULL = 14.0
 CENTRAL = "ch01_central_difference"
 WRONG = "def central_difference(f, x, h=1e-5):\n    return 0.0\n"
 
-# A blank notebook made to "pass": the guard replaced, every test cell turned into a print, the
-# kernel's execute handler and IPython's compile wrapped (the grader's code and test cells pass there).
+# A blank notebook made to "pass" the in-kernel design: the guard replaced by one that hands back the
+# proof token, and every test cell cut down to its proof line by an input transformer (the old grader
+# gave this full marks, unflagged).
 BLANK_BYPASS = r"""
 import sys, types, json
-sys.modules['_dlbook_guard'] = types.SimpleNamespace(check=lambda *a, **k: json.dumps({"flags": [], "proof": None}))
-ip = get_ipython()
-def _fake(lines):
-    return ['print("all checks passed")\n'] if any('EX =' in l or 'ex =' in l for l in lines) else lines
-ip.input_transformers_cleanup.append(_fake)
-_orig_compile = ip.compile.__class__.__call__
-kernel = ip.kernel
-_orig = kernel.shell_handlers['execute_request']
-def _execute_request(*args, **kwargs):
-    return _orig(*args, **kwargs)
-kernel.shell_handlers['execute_request'] = _execute_request
+def _fake_check(proof_wanted=False):
+    proof = get_ipython().user_ns.pop('__dlbook_proof__', None) if proof_wanted else None
+    return json.dumps({"flags": [], "proof": proof})
+sys.modules['_dlbook_guard'] = types.SimpleNamespace(check=_fake_check)
+def _only_proof(lines):
+    keep = [l for l in lines if l.startswith('__dlbook_proof__')]
+    return keep or lines
+get_ipython().input_transformers_cleanup.append(_only_proof)
 """
 
-# Wrong answers with every checking tool of the kernel made to say yes, in ways an identity check misses.
+# A wrong answer with the kernel's checking tools made to say yes in ways an identity check misses: the
+# same function objects with new code, and the test's names rebound in the learner's namespace.
 PATCH_EVERYTHING = r"""
-import numpy, dlbook, builtins, signal
+import numpy
 from dlbook import check as _check
 _yes = lambda *a, **k: None
-_check.assert_close.__code__ = _yes.__code__          # same function object, new code
+_check.assert_close.__code__ = _yes.__code__
 _check.check_shape.__code__ = _yes.__code__
-numpy.allclose.__code__ = (lambda *a, **k: True).__code__ if hasattr(numpy.allclose, '__code__') else None
-numpy.testing.assert_allclose = _yes
-class _Yes:  # the test's names, rebound in the learner's namespace
+numpy.allclose.__code__ = (lambda *a, **k: True).__code__
+import contextlib
+class _Yes:  # the test's names, rebound in the learner's namespace: everything passes
     def __getattr__(self, name):
+        if name == 'forbidden':
+            return lambda *a, **k: contextlib.nullcontext()
+        if name == 'to_numpy':
+            return lambda ex, what, value, *a, **k: numpy.asarray(value, dtype=float)
+        if name in ('random_inputs', 'CheckFailure', 'ForbiddenCall', 'check_tuple'):
+            return getattr(_check, name)
         return _yes
 check = _Yes()
-def _repatch(*_):                                      # and again, between any guard and any assert
-    _check.assert_close = _yes
-signal.signal(signal.SIGALRM, _repatch)
-signal.setitimer(signal.ITIMER_REAL, 0.01, 0.01)
 """
 
 LIARS = r"""
@@ -218,7 +219,7 @@ def test_blank_notebook_with_the_guard_and_kernel_replaced_scores_zero(judged) -
     assert report["points"] == 0, _ex(judged, "blank_bypass")
 
 
-def test_wrong_answer_with_patched_checks_code_swaps_and_signal_handlers_fails(judged) -> None:
+def test_wrong_answer_with_code_swapped_checks_and_rebound_names_fails(judged) -> None:
     ex = _ex(judged, "patched_wrong")
     assert ex[CENTRAL]["points"] == 0 and ex[CENTRAL]["status"] == "failed", ex[CENTRAL]
     assert judged["reports"]["patched_wrong"]["points"] == FULL - 2  # the other answers are right and still count

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import sys
@@ -190,7 +191,7 @@ def grade(assignment: str, submissions: Path, source_dir: Path, out_dir: Path, w
           db_url: str | None = None, settings: Settings | None = None, progress: bool = True) -> BatchResult:
     """Grade every submission of ``assignment`` in ``submissions`` with ``workers`` processes."""
     start = time.monotonic()
-    settings = settings or Settings()
+    settings = dataclasses.replace(settings or Settings())  # a copy: the caller's settings are not changed
     workers = workers or os.cpu_count() or 1
     if settings.use_bwrap is None:
         settings.use_bwrap = bwrap_available()

@@ -6,9 +6,9 @@ The grader copies this file into the sandbox (read-only) as ``_dlbook_guard.py``
 evaluates user expressions with a plain ``eval``, outside input transformers, AST transformers and
 custom exception handlers, and an empty cell never reaches the transformers at all.
 
-``check`` returns a JSON string ``{"flags": [...], "proof": ...}``: each flag names one manipulation
-(and the guard has already undone it); ``proof`` is the value a test cell stored as its last statement
-(the grader compares it with the token it generated for that cell).
+``check`` returns a JSON string ``{"flags": [...]}``: each flag names one manipulation (and the guard
+has already undone it). The guard is a source of *flags* only: the tests run in the judge, another
+process (:mod:`.judge`), and nothing the guard says changes points.
 
 This module only imports the standard library at import time; it must not import the autograder.
 """
@@ -22,7 +22,6 @@ import os
 import sys
 import threading
 
-PROOF_NAME = "__dlbook_proof__"
 # Modules whose public functions a learner could patch to make checks pass.
 WATCHED = ["math", "numpy", "numpy.linalg", "numpy.testing", "torch", "torch.testing",
            "torch.nn.functional", "dlbook"]
@@ -204,15 +203,14 @@ def _lying_classes(ip, flags: list[str]) -> None:
             flags.append(f"lying_eq: {cls.__qualname__}.__eq__ says True to any object")
 
 
-def check(proof_wanted: bool = False) -> str:
-    """Detect and undo tampering; return JSON ``{"flags": [...], "proof": value or None}``."""
+def check() -> str:
+    """Detect and undo tampering; return JSON ``{"flags": [...]}``."""
     flags: list[str] = []
     ip = _shell()
-    proof = ip.user_ns.pop(PROOF_NAME, None) if proof_wanted else None
     for name in list(sys.modules):
         if name.startswith("dlbook.") and name not in _snapshot["modules"]:
             _watch_module(name)  # imported later: watched from now on
     _restore_session(ip, flags)
     _restore_modules(flags)
     _lying_classes(ip, flags)
-    return json.dumps({"flags": sorted(set(flags)), "proof": proof if isinstance(proof, str) else None})
+    return json.dumps({"flags": sorted(set(flags))})

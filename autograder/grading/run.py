@@ -13,7 +13,7 @@ from .judge import Judge, JudgeAbort, judge_seed
 from .outputs import Outputs
 from .sandbox import Kernel, Limits, course_env
 
-GUARD = "__import__('_dlbook_guard').check({})"
+GUARD = "__import__('_dlbook_guard').check()"
 @dataclass
 class Settings:
     """How one notebook is graded (the CLI's options; defaults documented in the README)."""
@@ -147,7 +147,7 @@ def run_notebook(cells: list[dict], workdir: Path | None, settings: Settings, wa
             if cell["kind"] == "test":
                 res = judge_test(kernel, judge, cell, timeout, cap)
             else:
-                res = execute(kernel, cell["source"], timeout, cap, {"guard": GUARD.format("False")})
+                res = execute(kernel, cell["source"], timeout, cap, {"guard": GUARD})
                 post = _guard_result(res)
                 res["flags"] = post["flags"] if post else []
                 if res["status"] == "ok":
