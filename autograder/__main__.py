@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=900.0, help="seconds per notebook (default 900)")
     p.add_argument("--memory", type=float, default=4.0, help="GiB of memory per kernel (default 4)")
     p.add_argument("--full", action="store_true", help="run notebooks at full settings (slow)")
+    p.add_argument("--disk", type=float, default=0.5, help="GiB of /grade and of /tmp per kernel (default 0.5)")
+    p.add_argument("--judge-seed", type=int, default=None,
+                   help="salt of the hidden inputs (default: a fresh one per notebook, recorded in each report)")
 
     p = sub.add_parser("feedback", help="generate HTML feedback with hidden tests removed")
     p.add_argument("chapter")
@@ -86,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
 
             course._check_chapter(args.chapter, source_dir)
             settings = Settings(cell_timeout=args.cell_timeout, notebook_budget=args.budget, fast=not args.full,
-                                limits=Limits(memory_bytes=int(args.memory * (1 << 30))))
+                                limits=Limits(memory_bytes=int(args.memory * (1 << 30)),
+                                              disk_bytes=int(args.disk * (1 << 30))),
+                                judge_seed=args.judge_seed)
             if not bwrap_available():
                 print("warning: bubblewrap is not available: learner code runs with rlimits and its own process "
                       "group only, NOT confined on disk or network (see the README)", file=sys.stderr)

@@ -123,6 +123,33 @@ def tensor_from_fields(fields: dict):
     return t.view(dtype) if fields.get("raw") else t.to(dtype)
 
 
+def encode_plain(value, encode) -> dict | None:
+    """Return the data of a plain container or scalar (``encode`` encodes its items), else None.
+
+    Both sides use it: the kernel for what learner code returns, the judge for a test's arguments.
+    """
+    kind = type(value)
+    if kind is float:
+        return {"$t": "float", "v": repr(value)}  # nan and infinities (finite floats are JSON numbers)
+    if kind in (list, tuple, set, frozenset):
+        return {"$t": kind.__name__, "v": [encode(v) for v in value]}
+    if kind is dict:
+        return {"$t": "dict", "k": [encode(k) for k in value], "v": [encode(v) for v in value.values()]}
+    if kind is complex:
+        return {"$t": "complex", "re": repr(value.real), "im": repr(value.imag)}
+    if kind is bytes:
+        return {"$t": "bytes", "b64": base64.b64encode(value).decode()}
+    if kind is slice:
+        return {"$t": "slice", "v": [encode(value.start), encode(value.stop), encode(value.step)]}
+    if value is Ellipsis:
+        return {"$t": "ellipsis"}
+    return None
+
+
+def finite_float(value) -> bool:
+    return type(value) is float and value == value and value not in (float("inf"), float("-inf"))
+
+
 # --- the kernel side ------------------------------------------------------------------------------
 
 class _Session:
@@ -143,26 +170,13 @@ class _Session:
         import numpy as np
 
         kind = type(value)
-        if value is None or kind in (bool, int, str):
+        if value is None or kind in (bool, int, str) or finite_float(value):
             return value
-        if kind is float:
-            return value if value == value and value not in (float("inf"), float("-inf")) else \
-                {"$t": "float", "v": repr(value)}
         if depth > 50:
             return self.ref(value)
-        if kind in (list, tuple, set, frozenset):
-            return {"$t": kind.__name__, "v": [self.encode(v, depth + 1) for v in value]}
-        if kind is dict:
-            return {"$t": "dict", "k": [self.encode(k, depth + 1) for k in value],
-                    "v": [self.encode(v, depth + 1) for v in value.values()]}
-        if kind is complex:
-            return {"$t": "complex", "re": repr(value.real), "im": repr(value.imag)}
-        if kind is bytes:
-            return {"$t": "bytes", "b64": base64.b64encode(value).decode()}
-        if kind is slice:
-            return {"$t": "slice", "v": [self.encode(value.start), self.encode(value.stop), self.encode(value.step)]}
-        if value is Ellipsis:
-            return {"$t": "ellipsis"}
+        plain = encode_plain(value, lambda v: self.encode(v, depth + 1))
+        if plain is not None:
+            return plain
         if kind is np.ndarray and not value.dtype.hasobject:
             return {"$t": "ndarray", "npy": array_to_b64(value)}
         if isinstance(value, np.generic) and kind.__module__ == "numpy" and not isinstance(value, np.object_):

@@ -43,7 +43,17 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .agent import MAX_FRAME, ProtocolError, array_to_b64, b64_to_array, recv_frame, send_frame, tensor_fields
+from .agent import (
+    MAX_FRAME,
+    ProtocolError,
+    array_to_b64,
+    b64_to_array,
+    encode_plain,
+    finite_float,
+    recv_frame,
+    send_frame,
+    tensor_fields,
+)
 from .agent import tensor_from_fields as _tensor_from_fields
 from .notebook import _parse
 
@@ -317,28 +327,16 @@ class Connection:
         kind = type(value)
         if depth > MAX_DEPTH:
             raise TypeError("a value nested too deeply to pass to the learner's code")
-        if value is None or kind in (bool, int, str):
+        if value is None or kind in (bool, int, str) or finite_float(value):
             return value
-        if kind is float:
-            return value if value == value and abs(value) != float("inf") else {"$t": "float", "v": repr(value)}
         if isinstance(value, LearnerObject):
             if object.__getattribute__(value, "_judge_conn") is not self:
                 raise TypeError("a learner object from another test cannot be used here")
             spec = object.__getattribute__(value, "_judge_spec")
             return {"$t": "lname", "name": spec["name"]} if "name" in spec else {"$t": "ref", "h": spec["h"]}
-        if kind in (list, tuple, set, frozenset):
-            return {"$t": kind.__name__, "v": [self.encode(v, depth + 1) for v in value]}
-        if kind is dict:
-            return {"$t": "dict", "k": [self.encode(k, depth + 1) for k in value],
-                    "v": [self.encode(v, depth + 1) for v in value.values()]}
-        if kind is complex:
-            return {"$t": "complex", "re": repr(value.real), "im": repr(value.imag)}
-        if kind is bytes:
-            return {"$t": "bytes", "b64": base64.b64encode(value).decode()}
-        if kind is slice:
-            return {"$t": "slice", "v": [self.encode(value.start), self.encode(value.stop), self.encode(value.step)]}
-        if value is Ellipsis:
-            return {"$t": "ellipsis"}
+        plain = encode_plain(value, lambda v: self.encode(v, depth + 1))
+        if plain is not None:
+            return plain
         if kind is np.ndarray or isinstance(value, torch.Tensor):
             return self._mirror(value)
         if isinstance(value, np.generic):
@@ -818,21 +816,22 @@ def _learner_exception(reply: dict) -> BaseException:
 
 # --- the check module as the tests see it in the judge -------------------------------------------
 
-class _JudgeCheck(types.ModuleType):
+class _ModuleShim(types.ModuleType):
+    """A dlbook module as the tests see it in the judge: the module's names, some of them redefined here."""
+
+    def __init__(self, module: types.ModuleType, judge: Judge):
+        super().__init__(module.__name__)
+        # the module's names, except those the subclass redefines (an instance attribute would hide them)
+        self.__dict__.update({k: v for k, v in vars(module).items() if not k.startswith("__") and
+                              not any(k in vars(cls) for cls in type(self).__mro__[:-2])})
+        self._judge, self._real = judge, module
+
+    def __reduce__(self):  # sent inside a test function to the kernel (``launch``): the kernel's own module
+        return (importlib.import_module, (self._real.__name__,))
+
+
+class _JudgeCheck(_ModuleShim):
     """``dlbook.check`` for tests run by the judge: ``forbidden`` reaches the kernel; hidden inputs are salted."""
-
-    def __init__(self, judge: Judge):
-        from dlbook import check
-
-        super().__init__("dlbook.check")
-        # the module's names, except those this class redefines (an instance attribute would hide them)
-        self.__dict__.update({k: v for k, v in vars(check).items()
-                              if not k.startswith("__") and k not in vars(_JudgeCheck)})
-        self._judge = judge
-        self._real = check
-
-    def __reduce__(self):  # sent inside a test function to the kernel (``launch``): the kernel's own dlbook.check
-        return (importlib.import_module, ("dlbook.check",))
 
     @contextlib.contextmanager
     def forbidden(self, exercise, *targets):
@@ -899,7 +898,7 @@ class Judge:
                 exec(compile(self.setup, "<reference setup>", "exec"), ns)  # noqa: S102 - the reference's own code
             from dlbook import check, distributed
 
-            shims = {id(check): _JudgeCheck(self), id(distributed): _JudgeDistributed(self)}
+            shims = {id(check): _JudgeCheck(check, self), id(distributed): _JudgeDistributed(distributed, self)}
             for key, value in list(ns.items()):
                 if id(value) in shims:
                     ns[key] = shims[id(value)]
@@ -964,19 +963,8 @@ class Judge:
         return {"status": status, "error": error, "stdout": out.getvalue()[-20000:], "requests": conn.requests}
 
 
-class _JudgeDistributed(types.ModuleType):
+class _JudgeDistributed(_ModuleShim):
     """``dlbook.distributed`` for tests run by the judge: ``launch`` runs its workers in the learner's kernel."""
-
-    def __init__(self, judge: Judge):
-        from dlbook import distributed
-
-        super().__init__("dlbook.distributed")
-        self.__dict__.update({k: v for k, v in vars(distributed).items()
-                              if not k.startswith("__") and k not in vars(_JudgeDistributed)})
-        self._judge = judge
-
-    def __reduce__(self):
-        return (importlib.import_module, ("dlbook.distributed",))
 
     def launch(self, fn, world_size, args=(), **kwargs):
         return self._judge.conn.launch(fn, world_size, tuple(args), kwargs)
