@@ -136,8 +136,10 @@ def test_judge_full_marks_zero_and_the_bug(graded, chapter) -> None:
     assert bob["points"] == 0
     honest_flags = [f for f in alice["flags"] if not f.startswith("renamed")]
     assert not honest_flags, f"the instructor's solutions were flagged: {honest_flags}"
-    if chapter in BUGS:
-        lost = {g for g, (p, m) in judged["scores"]["carol"].items() if p < m}
+    if chapter in BUGS:  # carol handed in only the notebook with the bug: compare the exercises of that notebook
+        carol = judged["reports"]["carol"]
+        lost = {e["grade_id"] for n in carol["notebooks"] if n["status"] == "graded" for e in n["exercises"]
+                if e["points"] < e["max_points"]}
         assert lost == BUGS[chapter][2], f"the bug should cost exactly {BUGS[chapter][2]}, it cost {lost}"
 
 
