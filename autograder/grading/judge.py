@@ -614,10 +614,7 @@ class Connection:
         self.requests += 1
         message["sync"] = self.sync_out()
         message["drop"], self.dropped = self.dropped, []
-        try:
-            send_frame(self.sock, message)
-        except OSError:
-            raise JudgeAbort("crashed", "the learner's kernel stopped answering") from None
+        self._send(message)
         while True:
             reply = self.recv()
             op = reply.get("op")
@@ -654,6 +651,12 @@ class Connection:
         return self.request({"op": "launch", "fn": blob, "world": int(world_size), "args": self.encode(list(args)),
                              "kwargs": self.encode(dict(kwargs or {}))})
 
+    def _send(self, message: dict) -> None:
+        try:
+            send_frame(self.sock, message)
+        except OSError:
+            raise JudgeAbort("crashed", "the learner's kernel stopped answering") from None
+
     def _judge_backward(self, msg: dict) -> None:
         """The learner back-propagated into a tensor the test computed: go on through the judge's graph."""
         import torch
@@ -668,11 +671,7 @@ class Connection:
             reply = {"op": "cbresult", "value": None}
         except RuntimeError as err:
             reply = {"op": "cberror", "type": type(err).__name__}
-        reply["sync"] = self.sync_out()
-        try:
-            send_frame(self.sock, reply)
-        except OSError:
-            raise JudgeAbort("crashed", "the learner's kernel stopped answering") from None
+        self._send({**reply, "sync": self.sync_out()})
 
     def _callback(self, msg: dict) -> None:
         fn = self.callbacks.get(msg.get("k"))
@@ -686,11 +685,7 @@ class Connection:
             reply = {"op": "cbresult", "value": self.encode(value)}
         except Exception as err:  # noqa: BLE001 - only the type goes back: no test detail reaches the kernel
             reply = {"op": "cberror", "type": type(err).__name__}
-        reply["sync"] = self.sync_out()
-        try:
-            send_frame(self.sock, reply)
-        except OSError:
-            raise JudgeAbort("crashed", "the learner's kernel stopped answering") from None
+        self._send({**reply, "sync": self.sync_out()})
 
 
 def _remote_graph_class():
