@@ -76,6 +76,14 @@ def recv_frame(sock: socket.socket, max_bytes: int = MAX_FRAME) -> dict:
     return message
 
 
+def resolve(module: str, qualname: str = ""):
+    """Return what importing ``module`` and following the dotted ``qualname`` in it gives."""
+    obj = importlib.import_module(module)
+    for part in qualname.split(".") if qualname else []:
+        obj = getattr(obj, part)
+    return obj
+
+
 # --- arrays ---------------------------------------------------------------------------------------
 
 def array_to_b64(array) -> str:
@@ -261,18 +269,13 @@ class _Session:
         if t == "mirror":
             return self._mirror(data)
         if t == "fn":
-            obj = importlib.import_module(data["module"])
-            for part in data["qualname"].split("."):
-                obj = getattr(obj, part)
-            return obj
+            return resolve(data["module"], data["qualname"])
         if t == "cb":
             return self._stub(data["k"], data.get("name", "callback"))
         if t == "module":
             return self._module(data)
         if t == "optimizer":
-            cls = importlib.import_module(data["module"])
-            for part in data["qualname"].split("."):
-                cls = getattr(cls, part)
+            cls = resolve(data["module"], data["qualname"])
             groups = [self.decode(g) for g in data["groups"]]
             opt = cls(groups)
             state = self.decode(data["state"])
@@ -544,9 +547,7 @@ class _forbidden:
         for owner_name, attr, exercise in self.targets:
             module_name, _, cls = str(owner_name).partition(":")
             try:
-                owner = importlib.import_module(module_name)
-                for part in cls.split(".") if cls else []:
-                    owner = getattr(owner, part)
+                owner = resolve(module_name, cls)
                 getattr(owner, attr)
             except (ImportError, AttributeError):
                 continue

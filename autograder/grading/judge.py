@@ -29,6 +29,7 @@ import base64
 import builtins
 import collections.abc
 import contextlib
+import functools
 import importlib
 import io
 import operator
@@ -51,6 +52,7 @@ from .agent import (
     encode_plain,
     finite_float,
     recv_frame,
+    resolve,
     send_frame,
     tensor_fields,
 )
@@ -159,9 +161,7 @@ def _importable(obj) -> tuple[str, str] | None:
     if not isinstance(module, str) or not isinstance(qualname, str) or "<" in qualname or module == "__main__":
         return None
     try:
-        found = importlib.import_module(module)
-        for part in qualname.split("."):
-            found = getattr(found, part)
+        found = resolve(module, qualname)
     except (ImportError, AttributeError):
         return None
     return (module, qualname) if found is obj else None
@@ -587,7 +587,7 @@ class Connection:
                 keys.append(mirror.key)
         if not inputs or not (tensor.is_floating_point() or tensor.is_complex()):
             return tensor.detach()
-        return _RemoteGraph.apply(tensor.detach(), self, handle, keys, *inputs)
+        return _remote_graph_class().apply(tensor.detach(), self, handle, keys, *inputs)
 
     # the conversation
     def recv(self) -> dict:
@@ -688,6 +688,7 @@ class Connection:
         self._send({**reply, "sync": self.sync_out()})
 
 
+@functools.cache  # built once, when first needed: torch is imported lazily
 def _remote_graph_class():
     import torch
 
@@ -713,19 +714,6 @@ def _remote_graph_class():
             return (None, None, None, None, *[None if g is None else g.detach() for g in grads])
 
     return RemoteGraph
-
-
-class _LazyRemoteGraph:
-    cls = None
-
-    @classmethod
-    def apply(cls, *args):
-        if cls.cls is None:
-            cls.cls = _remote_graph_class()
-        return cls.cls.apply(*args)
-
-
-_RemoteGraph = _LazyRemoteGraph
 
 
 def _items(data: dict, key: str) -> list:
