@@ -7,17 +7,19 @@ CHAPTER ?= 01_backprop
 SUBMISSIONS ?= submissions
 PORT ?= 8888
 
-.PHONY: help venv lab test bench release autograde grade feedback grades formgrader lint clean
+.PHONY: help venv lab test test-quick bench gpu-check release autograde grade feedback grades formgrader lint clean
 
 help:
 	@echo "make lab          build workspace/ from the student release (never overwriting) and open JupyterLab"
 	@echo "make test         run the whole test suite (creates .venv on first use)"
+	@echo "make test-quick   the unit tests only (no notebooks, grading pipeline, servers or browser; about 1 min)"
 	@echo "make bench        run every chapter at full settings -> build/bench.json"
 	@echo "make release      instructor: generate student versions of all chapters (build/course/release)"
 	@echo "make autograde CHAPTER=01_backprop SUBMISSIONS=dir   instructor: autograde a folder of submissions"
 	@echo "make grade CHAPTER=01_backprop SUBMISSIONS=dir|zip [WORKERS=n] [DB=url]   instructor: confined, parallel grading"
 	@echo "make feedback CHAPTER=01_backprop   instructor: HTML feedback, hidden tests removed"
 	@echo "make grades       instructor: export all grades to build/grades.csv"
+	@echo "make gpu-check    run dlbook on a CUDA GPU vs the CPU (references, training, autocast, DDP); skips without a GPU"
 	@echo "make formgrader   instructor: JupyterLab with nbgrader's formgrader on the course directory"
 
 # The virtual environment is (re)built whenever pyproject.toml changes.
@@ -33,6 +35,9 @@ lab: venv
 
 test: venv
 	$(PY) -m pytest
+
+test-quick: venv
+	$(PY) -m pytest -m "not slow"
 
 bench: venv
 	$(PY) -m autograder bench
@@ -54,6 +59,9 @@ grades: venv
 
 formgrader: venv
 	@$(PY) -m autograder.lab --instructor --port $(PORT)
+
+gpu-check: venv
+	$(PY) -m autograder gpu-check
 
 lint: venv
 	$(PY) -m ruff check dlbook autograder tests

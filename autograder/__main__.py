@@ -60,7 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grading-only", action="store_true", help="only the grading-throughput benchmark")
     p.add_argument("--grading-submissions", type=int, default=20, help="submissions in the grading benchmark")
 
-    args = parser.parse_args(argv)
+    p = sub.add_parser("gpu-check", add_help=False,
+                       help="dlbook on a CUDA GPU vs the CPU: references, training, autocast, DDP (skips without one)")
+    p.add_argument("gpu_check_args", nargs=argparse.REMAINDER, help="see `python -m autograder gpu-check --help`")
+
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "gpu-check":  # its options are its own (autograder/gpu_check.py)
+        from .gpu_check import main as gpu_check_main
+
+        return gpu_check_main(extra + args.gpu_check_args)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     course_dir, source_dir = args.course_dir.resolve(), args.source_dir.resolve()
     try:
         if args.command == "release":

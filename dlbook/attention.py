@@ -46,7 +46,7 @@ def scaled_dot_product_attention(q: Any, k: Any, v: Any, mask: Any = None) -> tu
     mask = None if mask is None else _t(mask).to(torch.bool)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     # The weights are the output for values = the identity matrix: row i of weights @ I is row i.
-    eye = torch.eye(k.shape[-2], dtype=q.dtype).expand(*k.shape[:-1], k.shape[-2])
+    eye = torch.eye(k.shape[-2], dtype=q.dtype, device=q.device).expand(*k.shape[:-1], k.shape[-2])
     weights = F.scaled_dot_product_attention(q, k, eye, attn_mask=mask)
     return out, weights
 
@@ -66,7 +66,7 @@ def multi_head_attention(x: Any, W_in: Any, b_in: Any, W_out: Any, b_out: Any, n
     if E % num_heads:
         raise ValueError(f"num_heads={num_heads} must divide the embedding size E={E}")
     # nn.MultiheadAttention's bool mask is the opposite of ours: True marks a *forbidden* pair.
-    blocked = ~causal_mask(T) if causal else None
+    blocked = ~causal_mask(T, device=x.device) if causal else None
     seq_first = x.transpose(0, 1)
     out, _ = F.multi_head_attention_forward(
         seq_first, seq_first, seq_first, E, num_heads, W_in, b_in, None, None, False, 0.0,

@@ -48,9 +48,13 @@ def test_lab_serves_the_workspace_refuses_a_second_server_and_stops_on_ctrl_c(tm
     try:
         url = _wait_for(rf"http://127\.0\.0\.1:{port}/lab\?token=[0-9a-f]+", log, proc).group(0)
         assert sorted(p.name for p in dest.glob("01_backprop/*.ipynb")), "workspace not built"
-        with urllib.request.urlopen(url, timeout=30) as response:
-            assert response.status == 200
-            assert "JupyterLab" in response.read().decode()
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                assert response.status == 200
+                assert "JupyterLab" in response.read().decode()
+        except urllib.error.URLError as err:  # say what the server printed, not only that it refused
+            raise AssertionError(f"{url} refused ({err}); server alive: {proc.poll() is None}; log:\n"
+                                 f"{log.read_text()[-4000:]}") from err
         with pytest.raises(urllib.error.HTTPError) as denied:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents", timeout=30)
         assert denied.value.code == 403, "the server must require its token"
