@@ -206,3 +206,49 @@ def random_inputs(seed: int, *shapes: Sequence[int], scale: float = 1.0) -> list
     """Return float64 standard-normal arrays of the given shapes from a seeded generator."""
     rng = np.random.default_rng(seed)
     return [scale * rng.standard_normal(tuple(s)) for s in shapes]
+
+
+def _kolmogorov_sf(x: float) -> float:
+    """P(sqrt(n) D > x) for the Kolmogorov-Smirnov statistic D, n large (the Kolmogorov distribution)."""
+    if x < 0.2:
+        return 1.0
+    k = np.arange(1, 101)
+    return float(min(1.0, max(0.0, 2 * np.sum((-1.0) ** (k - 1) * np.exp(-2 * k**2 * x**2)))))
+
+
+def assert_normal_sample(exercise: str, name: str, sample: Any, std: float, mean: float = 0.0, *,
+                         false_failure: float = 1e-9) -> np.ndarray:
+    """Check that ``sample``'s entries look like independent N(mean, std^2) draws from *any* random stream.
+
+    Three tests, each with a false-failure rate of ``false_failure / 3`` for a correct sampler: the
+    sample mean (z test), the sample standard deviation (its standard error is ``std / sqrt(2(n-1))``;
+    from 100 entries) and the shape of the distribution (Kolmogorov-Smirnov against the normal CDF;
+    from 1,000 entries, so a uniform or a rounded draw with the right variance fails). Tolerances
+    come from the sample size, so a correct answer that draws another stream than the reference
+    passes (all but once in ``1 / false_failure`` runs) and a wrong scale fails once ``n`` is large.
+    """
+    arr = to_numpy(exercise, name, sample).ravel()
+    n = arr.size
+    if not n >= 2:
+        raise CheckFailure(f"{exercise}: {name} has {n} entries, expected at least 2 random draws")
+    if not np.isfinite(arr).all():
+        raise CheckFailure(f"{exercise}: {name} has non-finite entries; expected finite normal draws")
+    alpha = false_failure / 3
+    z = float(torch.special.ndtri(torch.tensor(1 - alpha / 2, dtype=torch.float64)))
+    got_mean, got_std = float(arr.mean()), float(arr.std(ddof=1))
+    if abs(got_mean - mean) > z * std / np.sqrt(n):
+        raise CheckFailure(f"{exercise}: {name} has mean {got_mean:.4g} over {n} entries, expected {mean:.4g} "
+                           f"(within {z * std / np.sqrt(n):.2g})")
+    if n >= 100 and abs(got_std / std - 1) > z / np.sqrt(2 * (n - 1)):
+        raise CheckFailure(f"{exercise}: {name} has standard deviation {got_std:.4g} over {n} entries, expected "
+                           f"{std:.4g} (within {100 * z / np.sqrt(2 * (n - 1)):.2g} %)")
+    if n >= 1000:
+        x = np.sort((arr - mean) / std)
+        cdf = torch.special.ndtr(torch.from_numpy(x)).numpy()
+        d = max(float(np.max(np.arange(1, n + 1) / n - cdf)), float(np.max(cdf - np.arange(n) / n)))
+        p = _kolmogorov_sf(np.sqrt(n) * d)
+        if p < alpha:
+            raise CheckFailure(f"{exercise}: {name} does not look normally distributed (Kolmogorov-Smirnov "
+                               f"distance {d:.3g} over {n} entries, p = {p:.2g}); expected normal draws, "
+                               f"e.g. from torch.randn")
+    return arr

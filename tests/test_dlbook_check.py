@@ -381,3 +381,34 @@ def test_random_inputs_are_seeded():
     np.testing.assert_allclose(a1, 2.0 * rng.standard_normal((2, 3)))
     (c,) = check.random_inputs(8, (2, 3))
     assert not np.allclose(c, a1 / 2)
+
+
+def test_assert_normal_sample_passes_any_correct_stream_and_fails_as_often_as_it_says() -> None:
+    # At false_failure=0.05, correct samples fail about 5 % of the time: the tolerances are calibrated.
+    fails = 0
+    for seed in range(600):
+        sample = np.random.default_rng(seed).normal(0.0, 0.3, 2000)
+        try:
+            check.assert_normal_sample("ex", "w", sample, 0.3, false_failure=0.05)
+        except check.CheckFailure:
+            fails += 1
+    assert 0.02 < fails / 600 < 0.09, fails
+    # At the default 1e-9, 300 correct samplers of every size and stream all pass.
+    for seed in range(100):
+        g = torch.Generator().manual_seed(seed)
+        for sample in (torch.randn(1000, 1, generator=g) * 0.05, torch.empty(300, 800).normal_(0, 0.05, generator=g),
+                       torch.normal(0.0, 0.05, size=(7, 9), generator=g)):
+            check.assert_normal_sample("ex", "w", sample, 0.05)
+
+
+def test_assert_normal_sample_fails_a_wrong_scale_a_shift_and_a_non_normal_draw() -> None:
+    g = np.random.default_rng(0)
+    with pytest.raises(check.CheckFailure, match="standard deviation"):
+        check.assert_normal_sample("ex", "w", g.normal(0, 1.05, 240_000), 1.0)
+    with pytest.raises(check.CheckFailure, match="mean"):
+        check.assert_normal_sample("ex", "w", g.normal(0.1, 1.0, 10_000), 1.0)
+    uniform = g.uniform(-np.sqrt(3), np.sqrt(3), 60_000)  # the right mean and variance, the wrong shape
+    with pytest.raises(check.CheckFailure, match="does not look normally distributed"):
+        check.assert_normal_sample("ex", "w", uniform, 1.0)
+    with pytest.raises(check.CheckFailure, match="non-finite"):
+        check.assert_normal_sample("ex", "w", np.array([0.0, np.nan, 1.0]), 1.0)
