@@ -107,7 +107,7 @@ def test_image_metadata_cannot_add_attributes(tmp_path) -> None:
     assert not _handlers(page) and "onerror" not in _body(page) and "onload" not in _body(page)
     assert "alert(" not in page
     imgs = re.findall(r"<img\b[^>]*>", page)
-    assert len(imgs) == 3 and 'width="321"' in page  # an integer width is kept
+    assert len(imgs) == 3 and re.search(r'\bwidth="?321\b', page)  # an integer width is kept
     assert not re.search(r"height=", " ".join(imgs))  # a bool is no height
 
 
@@ -117,7 +117,7 @@ def test_malformed_metadata_does_not_lose_the_page(tmp_path) -> None:
                {"output_type": "display_data", "data": {"text/plain": ["li", "nes"]}, "metadata": ["no", "dict"]},
                {"output_type": "stream", "name": "stdout", "text": "lone \ud800 surrogate"}, "not an output"]
     page = _page(tmp_path, outputs)
-    assert 'width="120"' in page and "lines" in page and "surrogate" in page
+    assert re.search(r'\bwidth="?120\b', page) and "lines" in page and "surrogate" in page
 
 
 def test_scripts_and_unknown_types_never_reach_the_page(tmp_path) -> None:
