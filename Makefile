@@ -7,7 +7,8 @@ CHAPTER ?= 01_backprop
 SUBMISSIONS ?= submissions
 PORT ?= 8888
 
-.PHONY: help venv lab test test-quick bench gpu-check release autograde grade feedback grades formgrader lint clean
+.PHONY: help venv lab test test-quick bench gpu-check release autograde grade feedback grades formgrader classroom \
+	classroom-deps lint clean
 
 help:
 	@echo "make lab          build workspace/ from the student release (never overwriting) and open JupyterLab"
@@ -16,11 +17,12 @@ help:
 	@echo "make bench        run every chapter at full settings -> build/bench.json"
 	@echo "make release      instructor: generate student versions of all chapters (build/course/release)"
 	@echo "make autograde CHAPTER=01_backprop SUBMISSIONS=dir   instructor: autograde a folder of submissions"
-	@echo "make grade CHAPTER=01_backprop SUBMISSIONS=dir|zip [WORKERS=n] [DB=url]   instructor: confined, parallel grading"
+	@echo "make grade CHAPTER=01_backprop SUBMISSIONS=dir|zip [WORKERS=n] [DB=url] [EXECUTOR=dask://host:port] [REGRADE=1]   instructor: confined, parallel grading"
 	@echo "make feedback CHAPTER=01_backprop   instructor: HTML feedback, hidden tests removed"
 	@echo "make grades       instructor: export all grades to build/grades.csv"
 	@echo "make gpu-check    run dlbook on a CUDA GPU vs the CPU (references, training, autocast, DDP); skips without a GPU"
 	@echo "make formgrader   instructor: JupyterLab with nbgrader's formgrader on the course directory"
+	@echo "make classroom [ROSTER=roster.csv] [EXCHANGE=/srv/nbgrader/exchange] [HUB_PORT=8000] [GRANT_TRAVERSE=1]   (root) JupyterHub for a class"
 
 # The virtual environment is (re)built whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -49,7 +51,8 @@ autograde: venv
 	$(PY) -m autograder autograde $(CHAPTER) $(SUBMISSIONS)
 
 grade: venv
-	$(PY) -m autograder grade $(CHAPTER) $(SUBMISSIONS) $(if $(WORKERS),--workers $(WORKERS)) $(if $(DB),--db $(DB))
+	$(PY) -m autograder grade $(CHAPTER) $(SUBMISSIONS) $(if $(WORKERS),--workers $(WORKERS)) $(if $(DB),--db $(DB)) \
+		$(if $(EXECUTOR),--executor $(EXECUTOR)) $(if $(REGRADE),--regrade)
 
 feedback: venv
 	$(PY) -m autograder feedback $(CHAPTER)
@@ -59,6 +62,21 @@ grades: venv
 
 formgrader: venv
 	@$(PY) -m autograder.lab --instructor --port $(PORT)
+
+# The classroom hub: JupyterHub (the venv) and configurable-http-proxy (npm, pinned by its package-lock.json).
+CLASSROOM_NODE := autograder/classroom/node
+ROSTER ?= autograder/classroom/roster.csv
+EXCHANGE ?= /srv/nbgrader/exchange
+HUB_PORT ?= 8000
+
+$(CLASSROOM_NODE)/node_modules/.package-lock.json: $(CLASSROOM_NODE)/package-lock.json
+	npm ci --prefix $(CLASSROOM_NODE) --no-audit --no-fund
+
+classroom-deps: venv $(CLASSROOM_NODE)/node_modules/.package-lock.json
+
+classroom: classroom-deps
+	@$(PY) -m autograder classroom start --roster $(ROSTER) --exchange $(EXCHANGE) --port $(HUB_PORT) \
+		$(if $(GRANT_TRAVERSE),--grant-traverse)
 
 gpu-check: venv
 	$(PY) -m autograder gpu-check

@@ -45,12 +45,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--disk", type=float, default=0.5, help="GiB of /grade and of /tmp per kernel (default 0.5)")
     p.add_argument("--judge-seed", type=int, default=None,
                    help="salt of the hidden inputs (default: a fresh one per notebook, recorded in each report)")
+    p.add_argument("--profile", action="store_true", help="print where a graded notebook's time goes")
+    p.add_argument("--zygote", choices=["auto", "on", "off"], default="auto",
+                   help="fork kernels from a warm template (root with bubblewrap; auto: when each worker grades "
+                        "3 notebooks or more)")
+
+    p.add_argument("--executor", default="local",
+                   help="local (processes here, default) or dask://HOST:PORT (the workers of a Dask scheduler)")
+    p.add_argument("--regrade", action="store_true",
+                   help="grade every submission again (default: skip those unchanged since the gradebook got them)")
+
+    p = sub.add_parser("worker", help="start a Dask grading worker on this host (one slot per core)")
+    p.add_argument("scheduler", help="the Dask scheduler: HOST:PORT, tcp://HOST:PORT or dask://HOST:PORT")
+    p.add_argument("--slots", type=int, default=None, help="submissions graded at once (default: the number of cores)")
+    p.add_argument("--memory", type=float, default=4.0,
+                   help="GiB of memory per slot: Dask's --memory-limit of each worker process (default 4)")
 
     p = sub.add_parser("feedback", help="generate HTML feedback with hidden tests removed")
     p.add_argument("chapter")
 
-    p = sub.add_parser("export", help="export all grades as CSV")
+    p = sub.add_parser("export", help="export all grades as CSV (nbgrader's, or for an LMS: Canvas, Moodle)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(
+        "formats (one total per student and assignment, empty without a submission):\n"
+        "  nbgrader  nbgrader's CSV export of the course's gradebook (the default)\n"
+        "  csv       student_id, first_name, last_name, email, assignment, score, max_score, status\n"
+        "            (one row per student and assignment; status: graded, crashed, error or missing)\n"
+        "  canvas    Student, ID, SIS User ID, SIS Login ID, Section, then one column per assignment;\n"
+        "            a 'Points Possible' second row; ID empty, SIS User/Login ID = the student id\n"
+        "  moodle    Username, First name, Last name, Email address, then one column per assignment\n"
+        "            (map Username to 'username' and each column to its grade item at import)"))
     p.add_argument("--to", type=Path, default=REPO_ROOT / "build" / "grades.csv")
+    p.add_argument("--format", choices=["nbgrader", "csv", "canvas", "moodle"], default="nbgrader",
+                   help="the CSV layout (default nbgrader; see below)")
+    p.add_argument("--db", default=None, help="gradebook SQLAlchemy URL (default: the course's gradebook.db)")
+    p.add_argument("--chapters", nargs="*", default=None, help="only these assignments (default: all)")
 
     p = sub.add_parser("bench", help="execute every chapter at full settings and check its targets")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "build" / "bench.json")
@@ -59,12 +87,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-grading", action="store_true", help="skip the grading-throughput benchmark")
     p.add_argument("--grading-only", action="store_true", help="only the grading-throughput benchmark")
     p.add_argument("--grading-submissions", type=int, default=20, help="submissions in the grading benchmark")
+    p.add_argument("--no-dask", action="store_true",
+                   help="skip the Dask grading benchmark (1 worker vs 2, and vs the local pool)")
+    p.add_argument("--dask-submissions", type=int, default=12, help="submissions in the Dask grading benchmark")
 
     p = sub.add_parser("gpu-check", add_help=False,
                        help="dlbook on a CUDA GPU vs the CPU: references, training, autocast, DDP (skips without one)")
     p.add_argument("gpu_check_args", nargs=argparse.REMAINDER, help="see `python -m autograder gpu-check --help`")
 
+    p = sub.add_parser("classroom", add_help=False,
+                       help="a JupyterHub for a class with the nbgrader exchange (`classroom --help` for more)")
+    p.add_argument("classroom_args", nargs=argparse.REMAINDER, help="see `python -m autograder classroom --help`")
+
     args, extra = parser.parse_known_args(argv)
+    if args.command == "classroom":  # its options are its own (autograder/classroom/__init__.py)
+        from .classroom import main as classroom_main
+
+        return classroom_main(extra + args.classroom_args, args.course_dir.resolve(), args.source_dir.resolve())
     if args.command == "gpu-check":  # its options are its own (autograder/gpu_check.py)
         from .gpu_check import main as gpu_check_main
 
@@ -95,25 +134,45 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{student:<24} {got:>6g} / {total:<5g}")
         elif args.command == "grade":
             from .grade import Settings, grade
+            from .grading.executors import dask_address
             from .grading.sandbox import Limits, bwrap_available
 
+            try:
+                dask_address(args.executor)
+            except ValueError as err:
+                parser.error(str(err))
             course._check_chapter(args.chapter, source_dir)
             settings = Settings(cell_timeout=args.cell_timeout, notebook_budget=args.budget, fast=not args.full,
                                 limits=Limits(memory_bytes=int(args.memory * (1 << 30)),
                                               disk_bytes=int(args.disk * (1 << 30))),
-                                judge_seed=args.judge_seed)
-            if not bwrap_available():
+                                judge_seed=args.judge_seed,
+                                zygote={"auto": None, "on": True, "off": False}[args.zygote])
+            if args.executor == "local" and not bwrap_available():  # a Dask worker's report says its own
                 print("warning: bubblewrap is not available: learner code runs with rlimits and its own process "
                       "group only, NOT confined on disk or network (see the README)", file=sys.stderr)
             db = args.db or f"sqlite:///{course_dir / 'gradebook.db'}"
             course_dir.mkdir(parents=True, exist_ok=True)
             result = grade(args.chapter, args.submissions, source_dir, args.out or course_dir / "graded" / args.chapter,
-                           workers=args.workers, db_url=db, settings=settings)
+                           workers=args.workers, db_url=db, settings=settings, executor=args.executor,
+                           regrade=args.regrade)
             print(result.summary())
+            if args.profile:
+                print(result.profile())
+        elif args.command == "worker":
+            from .grading.executors import exec_worker
+            from .grading.run import Settings
+
+            exec_worker(args.scheduler, args.slots, int(args.memory * (1 << 30)), Settings().worker_memory_bytes)
         elif args.command == "feedback":
             print(f"feedback in {course.feedback(args.chapter, course_dir, source_dir)}")
         elif args.command == "export":
-            print(f"grades written to {course.export(args.to, course_dir, source_dir)}")
+            if args.format == "nbgrader":
+                print(f"grades written to {course.export(args.to, course_dir, source_dir)}")
+            else:
+                from .grading.export import export_grades
+
+                db = args.db or f"sqlite:///{course_dir / 'gradebook.db'}"
+                print(f"grades written to {export_grades(db, args.format, args.to, args.chapters)} ({args.format})")
         elif args.command == "bench":
             from .bench import run_bench
 
@@ -122,8 +181,12 @@ def main(argv: list[str] | None = None) -> int:
                 from .bench_grading import run_grading_bench
 
                 ok = run_grading_bench(args.out, args.grading_submissions) and ok
+                if not args.no_dask:
+                    from .bench_grading import run_dask_bench
+
+                    ok = run_dask_bench(args.out, args.dask_submissions) and ok
             return 0 if ok else 1
-    except (course.CourseError, FileNotFoundError) as err:
+    except (course.CourseError, FileNotFoundError, ConnectionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -18,67 +18,135 @@ from pathlib import Path
 from .config import CHAPTERS_DIR, REPO_ROOT
 
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
-TARGETS_DIR = Path(__file__).resolve().parent / "targets"
+TARGETS_FILE = "targets.json"  # in each chapter's folder
+_TABLE_KEYS = {"metrics", "what", "target"}
+README = REPO_ROOT / "README.md"
+TABLE_BEGIN = ("<!-- targets table: generated from chapters/*/targets.json; "
+               "regenerate with `python -m autograder.bench --update-readme` -->")
+TABLE_END = "<!-- end of targets table -->"
 
 
-def load_targets(targets_dir: Path = TARGETS_DIR) -> dict[str, dict[str, tuple[str, float]]]:
+def _read_targets_file(path: Path) -> dict[str, dict]:
+    """Return ``{notebook: {"targets": {metric: (op, bound)}, "table": [row, ...]}}`` from one ``targets.json``.
+
+    The file maps each notebook of the chapter to ``{"targets": {metric: [op, bound]}, "table": [row]}``;
+    a row, ``{"metrics": [name, ...], "what": "...", "target": "..."}``, is one line of the README's
+    targets table. Raises ``ValueError`` naming the file, the notebook and what was expected.
+    """
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an object {{notebook: {{targets, table}}}}, got {type(data).__name__}")
+    out = {}
+    for notebook, entry in data.items():
+        if not (isinstance(entry, dict) and set(entry) == {"targets", "table"}):
+            got = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+            raise ValueError(f"{path}: {notebook} should map to {{\"targets\": ..., \"table\": ...}}, got {got}")
+        if not isinstance(entry["targets"], dict):
+            raise ValueError(f"{path}: the targets of {notebook} should be {{metric: [op, bound]}}, "
+                             f"got {entry['targets']!r}")
+        for name, spec in entry["targets"].items():
+            if not (isinstance(spec, list) and len(spec) == 2 and spec[0] in _OPS):
+                raise ValueError(f"{path}: target {name!r} of {notebook} should be [op, bound] "
+                                 f"with op one of {sorted(_OPS)}, got {spec!r}")
+        rows = entry["table"]
+        for row in rows if isinstance(rows, list) else [rows]:
+            if not (isinstance(row, dict) and set(row) == _TABLE_KEYS and isinstance(row["metrics"], list)
+                    and row["metrics"] and all(isinstance(row[k], str) for k in ("what", "target"))):
+                raise ValueError(f"{path}: a table row of {notebook} should be {{\"metrics\": [name, ...], "
+                                 f"\"what\": str, \"target\": str}}, got {row!r}")
+        out[notebook] = {"targets": {name: (op, float(bound)) for name, (op, bound) in entry["targets"].items()},
+                         "table": rows}
+    return out
+
+
+def _chapter_files(chapters_dir: Path) -> list[Path]:
+    return sorted(chapters_dir.glob(f"*/{TARGETS_FILE}"))
+
+
+def load_targets(chapters_dir: Path = CHAPTERS_DIR) -> dict[str, dict[str, tuple[str, float]]]:
     """Return the quality targets per notebook: ``{"chapters/NN_slug/nb.ipynb": {metric: (op, bound)}}``.
 
-    Each chapter keeps its targets in ``autograder/targets/NN_slug.json``:
-    ``{"notebook.ipynb": {"test_accuracy": [">=", 0.97], "seconds": ["<=", 180]}}``. ``seconds`` is
-    the wall time of the whole notebook at full settings on the benchmark machine (2 CPU cores).
+    Each chapter keeps its targets in ``chapters/NN_slug/targets.json``:
+    ``{"notebook.ipynb": {"targets": {"test_accuracy": [">=", 0.97], "seconds": ["<=", 180]}, "table": [...]}}``.
+    ``seconds`` is the wall time of the whole notebook at full settings on the benchmark machine (2 CPU
+    cores). ``table`` holds the notebook's rows of the README's targets table (:func:`targets_table`).
     """
-    targets: dict[str, dict[str, tuple[str, float]]] = {}
-    for path in sorted(targets_dir.glob("*.json")):
-        for notebook, metrics in json.loads(path.read_text()).items():
-            rel = f"chapters/{path.stem}/{notebook}"
-            for name, spec in metrics.items():
-                if not (isinstance(spec, list) and len(spec) == 2 and spec[0] in _OPS):
-                    raise ValueError(f"{path}: target {name!r} of {notebook} should be [op, bound] "
-                                     f"with op one of {sorted(_OPS)}, got {spec!r}")
-            targets[rel] = {name: (op, float(bound)) for name, (op, bound) in metrics.items()}
-    return targets
+    return {f"chapters/{path.parent.name}/{notebook}": entry["targets"]
+            for path in _chapter_files(chapters_dir) for notebook, entry in _read_targets_file(path).items()}
 
 
+def _table_line(cells: list[str]) -> str:
+    return "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
+
+
+def _row_line(label: str, row: dict) -> str:
+    return _table_line([label, ", ".join(f"`{m}`" for m in row["metrics"]), row["what"], row["target"]])
+
+
+def targets_table(chapters_dir: Path = CHAPTERS_DIR) -> str:
+    """Return the README's targets table (Markdown): the ``table`` rows of every chapter's ``targets.json``.
+
+    A row's notebook is written ``NN / k`` (chapter number, the notebook's number in its chapter); the
+    grading benchmark's rows (``bench_grading.TABLE_ROWS``) come last.
+    """
+    from .bench_grading import TABLE_ROWS
+
+    lines = [_table_line(["Notebook", "Metric", "Meaning", "Target"]), _table_line(["---"] * 4)]
+    for path in _chapter_files(chapters_dir):
+        for notebook, entry in sorted(_read_targets_file(path).items()):
+            label = f"{path.parent.name.split('_')[0]} / {notebook.split('_')[0]}"
+            lines += [_row_line(label, row) for row in entry["table"]]
+    lines += [_row_line(row["label"], row) for row in TABLE_ROWS]
+    return "\n".join(lines) + "\n"
+
+
+def readme_with_table(readme: str, table: str) -> str:
+    """Return ``readme`` with the text between the targets-table markers replaced by ``table``."""
+    begin, end = readme.find(TABLE_BEGIN), readme.find(TABLE_END)
+    if begin < 0 or end < begin:
+        raise ValueError(f"expected the README to hold the lines {TABLE_BEGIN!r} and then {TABLE_END!r}")
+    return readme[: begin + len(TABLE_BEGIN)] + "\n" + table + readme[end:]
+
+
+def kernel_env(metrics_file: Path, fast: bool, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Return the environment for a benchmark kernel: ``base`` (default: this process's) with its settings.
+
+    ``DLBOOK_METRICS_FILE`` names ``metrics_file``; ``DLBOOK_FAST`` is set only when ``fast``; ``MPLBACKEND``
+    is dropped, so the kernel uses the inline backend. ``base`` itself is not changed.
+    """
+    from dlbook.metrics import METRICS_ENV
+    from dlbook.settings import FAST_ENV
+
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in (FAST_ENV, "MPLBACKEND")}
+    env[METRICS_ENV] = str(metrics_file)
+    if fast:
+        env[FAST_ENV] = "1"
+    return env
 
 
 def execute_notebook(path: Path, fast: bool, timeout: int = 900) -> tuple[float, dict[str, float], object]:
     """Execute a notebook top to bottom in its own folder; return (seconds, metrics, executed notebook).
 
-    Raises ``nbclient.exceptions.CellExecutionError`` when a cell fails. The notebook file itself is
-    only read.
+    The kernel gets its settings in its own environment (:func:`kernel_env`); this process's is not
+    changed. Raises ``nbclient.exceptions.CellExecutionError`` when a cell fails. The notebook file
+    itself is only read.
     """
     import nbclient
     import nbformat
 
-    from dlbook.metrics import METRICS_ENV, read_metrics
-    from dlbook.settings import FAST_ENV
+    from dlbook.metrics import read_metrics
 
     nb = nbformat.read(path, as_version=4)
-    saved = {k: os.environ.get(k) for k in (FAST_ENV, METRICS_ENV, "MPLBACKEND")}
     with tempfile.TemporaryDirectory() as tmp:
         metrics_file = Path(tmp) / "metrics.json"
-        os.environ[METRICS_ENV] = str(metrics_file)
-        if fast:
-            os.environ[FAST_ENV] = "1"
-        else:
-            os.environ.pop(FAST_ENV, None)
-        os.environ.pop("MPLBACKEND", None)  # the kernel uses the inline backend
-        try:
-            client = nbclient.NotebookClient(
-                nb, timeout=timeout, kernel_name="python3",
-                resources={"metadata": {"path": str(path.parent)}},
-            )
-            start = time.perf_counter()
-            client.execute()
-            seconds = time.perf_counter() - start
-            metrics = read_metrics(metrics_file)
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        client = nbclient.NotebookClient(
+            nb, timeout=timeout, kernel_name="python3",
+            resources={"metadata": {"path": str(path.parent)}},
+        )
+        start = time.perf_counter()
+        client.execute(env=kernel_env(metrics_file, fast))  # passed on to the kernel manager's start_kernel
+        seconds = time.perf_counter() - start
+        metrics = read_metrics(metrics_file)
     return seconds, metrics, nb
 
 
@@ -122,3 +190,25 @@ def run_bench(out: Path, notebooks: list[Path] | None = None, fast: bool = False
     out.write_text(json.dumps({"mode": "fast" if fast else "full", "notebooks": entries}, indent=2))
     print(f"bench: wrote {out}")
     return all_ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m autograder.bench --table``: print the README's targets table; ``--update-readme``: write it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m autograder.bench", description=main.__doc__)
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--table", action="store_true", help="print the targets table generated from the chapters")
+    group.add_argument("--update-readme", action="store_true", help="write that table into README.md")
+    args = parser.parse_args(argv)
+    table = targets_table()
+    if args.table:
+        print(table, end="")
+    else:
+        README.write_text(readme_with_table(README.read_text(), table))
+        print(f"bench: wrote the targets table into {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,19 +4,30 @@ Both grade the same submissions of a real chapter (fast mode, as in grading): th
 solutions for three learners out of four, the untouched release for the fourth. Adds to
 ``build/bench.json``: ``grading_speedup`` (nbgrader seconds / grade seconds),
 ``submissions_per_minute`` (of ``grade``) and the details under ``"grading"``.
+
+:func:`run_dask_bench` grades the same kind of submissions on a real ``dask scheduler`` with one, then
+two one-slot workers, and with the local pool with one worker: ``dask_speedup_2_workers`` and
+``dask_overhead_1_worker``, the details under ``"grading_dask"``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .config import CHAPTERS_DIR
 
 SPEEDUP_TARGET = 1.8
+# This module's rows of the README's targets table, after the chapters' (see bench.targets_table).
+TABLE_ROWS = [{"label": "grading", "metrics": ["grading_speedup", "submissions_per_minute"],
+               "what": "`make grade` vs sequential `nbgrader autograde`",
+               "target": f">= {SPEEDUP_TARGET} (reached: 2.31)"}]
 
 
 def _load() -> float | None:
@@ -85,6 +96,103 @@ def run_grading_bench(out: Path, n: int = 20, chapter: str = "01_backprop", work
     data = json.loads(out.read_text()) if out.exists() else {}
     data.update(grading=entry, grading_speedup=entry["grading_speedup"],
                 submissions_per_minute=entry["submissions_per_minute"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2))
+    return bool(entry["ok"])
+
+
+# --- grading on Dask workers -----------------------------------------------------------------------
+
+DASK_SPEEDUP_TARGET = 1.7  # 2 Dask workers vs 1 on a 2-core machine
+DASK_OVERHEAD_TARGET = 1.1  # Dask with 1 worker / the local pool with 1 worker
+
+
+@contextlib.contextmanager
+def _dask_cluster(workers: int, log_dir: Path) -> Iterator[str]:
+    """A ``dask scheduler`` and ``workers`` one-slot ``python -m autograder worker`` processes on 127.0.0.1."""
+    import socket
+    import subprocess
+    import sys
+
+    from distributed import Client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs: list[subprocess.Popen] = []
+
+    def start(name: str, argv: list[str]) -> None:
+        with (log_dir / f"{name}.log").open("wb") as log:
+            procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+
+    try:
+        start("scheduler", [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                            "--port", str(port), "--no-dashboard"])
+        for i in range(workers):
+            start(f"worker{i}", [sys.executable, "-m", "autograder", "worker", f"127.0.0.1:{port}", "--slots", "1"])
+        with Client(f"tcp://127.0.0.1:{port}", timeout=60, set_as_default=False) as client:
+            client.wait_for_workers(workers, timeout=120)
+        yield f"dask://127.0.0.1:{port}"
+    finally:
+        for proc in reversed(procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def run_dask_bench(out: Path, n: int = 12, chapter: str = "01_backprop") -> bool:
+    """Time ``n`` submissions graded by the local pool (1 worker), 1 Dask worker and 2 Dask workers.
+
+    Adds ``dask_speedup_2_workers`` (1 worker's time / 2 workers') and ``dask_overhead_1_worker`` (Dask
+    with 1 worker / local with 1 worker) to ``out``; returns True when both targets hold and every run
+    gave the same points.
+    """
+    from . import course
+    from .grade import Settings, grade
+
+    settings = Settings(judge_seed=1)  # the same hidden inputs in every run: the points must agree
+    seconds, points = {}, {}
+    with tempfile.TemporaryDirectory(prefix="bench-dask-") as tmp:
+        root = Path(tmp)
+        print(f"bench dask: releasing {chapter} and writing {n} submissions ...", flush=True)
+        course.release([chapter], root / "course", quiet=True)
+        make_submissions(chapter, root / "course", root / "subs", n)
+        load = {"before": _load()}
+        runs = [("local_1_worker", 1, None), ("dask_1_worker", 1, 1), ("dask_2_workers", 2, 2)]
+        for name, workers, dask_workers in runs:
+            with contextlib.ExitStack() as stack:
+                executor = "local"
+                if dask_workers:
+                    executor = stack.enter_context(_dask_cluster(dask_workers, root))
+                start = time.perf_counter()
+                result = grade(chapter, root / "subs", CHAPTERS_DIR, root / name, workers=workers, settings=settings,
+                               progress=False, executor=executor)
+                seconds[name] = time.perf_counter() - start
+            points[name] = {r["student"]: r["points"] for r in result.reports}
+            load[f"after_{name}"] = _load()
+            print(f"bench dask: {name}: {seconds[name]:.1f} s ({60 * n / seconds[name]:.2f} submissions/min)",
+                  flush=True)
+    speedup = seconds["dask_1_worker"] / seconds["dask_2_workers"]
+    overhead = seconds["dask_1_worker"] / seconds["local_1_worker"]
+    same = points["local_1_worker"] == points["dask_1_worker"] == points["dask_2_workers"]
+    entry = {"chapter": chapter, "submissions": n, "cpu_count": os.cpu_count(),
+             "seconds": {k: round(v, 1) for k, v in seconds.items()},
+             "submissions_per_minute": {k: round(60 * n / v, 2) for k, v in seconds.items()},
+             "dask_speedup_2_workers": round(speedup, 2), "dask_overhead_1_worker": round(overhead, 3),
+             "same_points": same, "load_average_1min": load,
+             "targets": {"dask_speedup_2_workers": f">= {DASK_SPEEDUP_TARGET}",
+                         "dask_overhead_1_worker": f"<= {DASK_OVERHEAD_TARGET}"},
+             "ok": speedup >= DASK_SPEEDUP_TARGET and overhead <= DASK_OVERHEAD_TARGET and same}
+    print(f"bench dask: speedup 2 workers {speedup:.2f} (target >= {DASK_SPEEDUP_TARGET}), overhead 1 worker "
+          f"{overhead:.3f} (target <= {DASK_OVERHEAD_TARGET}), same points: {same}", flush=True)
+    data = json.loads(out.read_text()) if out.exists() else {}
+    data.update(grading_dask=entry, dask_speedup_2_workers=entry["dask_speedup_2_workers"],
+                dask_overhead_1_worker=entry["dask_overhead_1_worker"])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2))
     return bool(entry["ok"])

@@ -233,11 +233,14 @@ def check_ddp(dev: torch.device) -> dict:
     expected = [p.grad.detach().clone() for p in model.parameters()]
     with tempfile.TemporaryDirectory(prefix="dlbook-gpu-check-") as tmp:
         torch.save((x, y, model.state_dict()), Path(tmp) / "batch.pt")
-        try:
-            mp.start_processes(_ddp_rank, args=(world, _free_port(), dev.type, tmp), nprocs=world, join=True,
-                               start_method="spawn")
-        except Exception as err:  # noqa: BLE001 - reported as a failed check
-            return {"name": f"ddp {backend} x{world}", "ok": False, "error": f"{type(err).__name__}: {err}"}
+        for attempt in range(3):  # another process may take the free port before rank 0 binds it
+            try:
+                mp.start_processes(_ddp_rank, args=(world, _free_port(), dev.type, tmp), nprocs=world, join=True,
+                                   start_method="spawn")
+                break
+            except Exception as err:  # noqa: BLE001 - reported as a failed check
+                if attempt == 2:
+                    return {"name": f"ddp {backend} x{world}", "ok": False, "error": f"{type(err).__name__}: {err}"}
         ranks = [torch.load(Path(tmp) / f"rank{r}.pt") for r in range(world)]
     errors = [float((g - e).abs().max()) for rank in ranks for g, e in zip(rank["grads"], expected, strict=True)]
     return {"name": f"ddp {backend} x{world}", "ok": max(errors) < 1e-9, "max_abs_error": max(errors),
@@ -272,7 +275,7 @@ def check_training(dev: torch.device, notebooks: list[str]) -> list[dict]:
 
 def run_checks(dev: torch.device, notebooks: list[str] | None = None) -> dict:
     """Run every check on ``dev``; return ``{"device", "ok", "checks": {section: rows}}``."""
-    from dlbook.device import describe
+    from dlbook.devices import describe
 
     notebooks = TRAINING_NOTEBOOKS if notebooks is None else notebooks
     checks = {"references": check_references(dev), "autocast": [check_autocast(dev)], "ddp": [check_ddp(dev)],

@@ -10,16 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _t(x: Any) -> torch.Tensor | None:
-    if x is None:
-        return None
-    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x, dtype=np.float64))
+from ._convert import as_tensor as _t
 
 
 def causal_mask(T: int, device: torch.device | None = None) -> torch.Tensor:

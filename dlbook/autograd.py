@@ -21,9 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def _t(x: Any, requires_grad: bool = False) -> torch.Tensor:
-    return torch.tensor(np.asarray(x, dtype=np.float64), dtype=torch.float64, requires_grad=requires_grad)
+from ._convert import float64_tensor as _t
 
 
 def derivative(f: Callable[[Any], Any], x: float) -> float:

@@ -169,11 +169,13 @@ class ForbiddenCall(CheckFailure):
 
 
 @contextmanager
-def forbidden(exercise: str, *targets: tuple[Any, str]) -> Iterator[None]:
+def forbidden(exercise: str, *targets: tuple[Any, str],
+              rebuild: str = "rebuild yourself; write it from the simpler operations instead") -> Iterator[None]:
     """Within the block, make each ``(owner, attribute)`` in ``targets`` raise :class:`ForbiddenCall`.
 
     Used by hidden tests: an exercise is not solved by calling the op it rebuilds. The original
-    attributes are always restored.
+    attributes are always restored. ``rebuild`` ends the message ("... which this exercise asks you
+    to <rebuild>"): how the learner should build it instead.
     """
     missing = object()
     saved = []
@@ -186,10 +188,7 @@ def forbidden(exercise: str, *targets: tuple[Any, str]) -> Iterator[None]:
             label = f"{getattr(owner, '__name__', type(owner).__name__)}.{attr}"
 
             def raiser(*args: Any, _label: str = label, **kwargs: Any) -> Any:
-                raise ForbiddenCall(
-                    f"{exercise}: your code called {_label}, which this exercise asks you to "
-                    f"rebuild yourself; write it from the simpler operations instead"
-                )
+                raise ForbiddenCall(f"{exercise}: your code called {_label}, which this exercise asks you to {rebuild}")
 
             saved.append((owner, attr, original))
             setattr(owner, attr, raiser)

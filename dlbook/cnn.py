@@ -2,7 +2,6 @@
 
 - :func:`lenet5`: LeNet-5 (LeCun et al., 1998) for 28x28 grey images, with ReLU and max pooling.
 - :func:`small_cnn`: a compact modern CNN (conv-BN-ReLU blocks, dropout) for 28x28 grey images.
-- :func:`count_parameters`: the number of trainable parameters of a model.
 - :func:`feature_maps`: the output of every layer of an ``nn.Sequential`` for one batch.
 """
 
@@ -47,11 +46,6 @@ def small_cnn(num_classes: int = 10, width: int = 16, dropout: float = 0.3) -> n
         nn.Dropout(dropout),
         nn.Linear(4 * width * 7 * 7, num_classes),
     )  # fmt: skip
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    """Return the number of trainable parameters (entries of tensors with ``requires_grad``)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 @torch.no_grad()

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._convert import float64_tensor
+
 IntPair = int | tuple[int, int]
 
 
@@ -35,11 +37,12 @@ def _pair(name: str, value: Any, minimum: int) -> tuple[int, int]:
 
 
 def _t(x: Any, name: str, ndim: int | None = None, requires_grad: bool = False) -> torch.Tensor:
-    arr = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
-    if ndim is not None and arr.ndim != ndim:
+    """Return ``x`` as a new float64 tensor, after checking that it has ``ndim`` dimensions."""
+    t = float64_tensor(x, requires_grad=requires_grad)
+    if ndim is not None and t.ndim != ndim:
         layout = {4: "(N, C, H, W)" if name != "w" else "(F, C, KH, KW)", 1: "(F,)"}.get(ndim, f"{ndim}-d")
-        raise ValueError(f"expected {name} of shape {layout}, got {arr.shape}")
-    return torch.tensor(arr, dtype=torch.float64, requires_grad=requires_grad)
+        raise ValueError(f"expected {name} of shape {layout}, got {tuple(t.shape)}")
+    return t
 
 
 def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from .device import device as default_device
-from .train import History, LivePlot, evaluate
+from .devices import device as default_device
+from .train import History, fit
 
 
 def distillation_loss(
@@ -64,38 +62,17 @@ def fit_distill(
 ) -> History:
     """Train ``student`` on :func:`distillation_loss` against a frozen ``teacher``; return its history.
 
-    Like :func:`dlbook.train.fit`: one progress bar, one plot point per epoch (``train_loss``,
-    ``train_accuracy``, and ``val_loss``/``val_accuracy`` with plain cross-entropy), ``seconds``.
+    :func:`dlbook.train.fit` with the distillation loss: one progress bar, one plot point per epoch
+    (``train_loss``, ``train_accuracy``, and ``val_loss``/``val_accuracy`` with plain cross-entropy),
+    ``seconds``.
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
     device = device or default_device()
-    student.to(device)
     teacher.to(device).eval()
-    plot = LivePlot(["loss", "accuracy"], title=title, enabled=live)
-    start = time.perf_counter()
-    with tqdm(total=epochs * len(train_loader), desc=title, leave=True) as bar:  # type: ignore[arg-type]
-        for _ in range(epochs):
-            student.train()
-            total, correct, count = 0.0, 0, 0
-            for xb, yb in train_loader:
-                xb, yb = xb.to(device), yb.to(device)
-                with torch.no_grad():
-                    t_logits = teacher(xb)
-                out = student(xb)
-                loss = distillation_loss(out, t_logits, yb, temperature, alpha)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(yb)
-                correct += int((out.argmax(1) == yb).sum())
-                count += len(yb)
-                bar.update(1)
-            metrics = {"train_loss": total / count, "train_accuracy": correct / count}
-            if val_loader is not None:
-                metrics["val_loss"], metrics["val_accuracy"] = evaluate(student, val_loader, device=device)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items()})
-            plot.update(metrics)
-    history = plot.close()
-    history["seconds"] = [time.perf_counter() - start]
-    return history
+
+    def loss(student_logits: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = teacher(inputs)
+        return distillation_loss(student_logits, teacher_logits, labels, temperature, alpha)
+
+    return fit(student, train_loader, epochs=epochs, optimizer=optimizer, train_loss=loss, val_loader=val_loader,
+               device=device, live=live, title=title)

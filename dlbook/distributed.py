@@ -26,14 +26,15 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from .check import forbidden
 
 try:  # ships functions defined in a notebook (``__main__``) by value; a gymnasium dependency
     import cloudpickle as _pickler
@@ -221,27 +222,6 @@ def _failure_message(procs: list[subprocess.Popen], logs: list[Path], tmp_path: 
     return f"rank {rank} of {len(procs)} failed (exit code {code}): {message}"
 
 
-@contextmanager
-def _forbidding(exercise: str, targets: Sequence[tuple[str, str]]) -> Iterator[None]:
-    from .check import ForbiddenCall
-
-    saved = []
-    try:
-        for module_name, attr in targets:
-            owner = importlib.import_module(module_name)
-            saved.append((owner, attr, getattr(owner, attr)))
-
-            def raiser(*args: Any, _label: str = f"{module_name}.{attr}", **kwargs: Any) -> Any:
-                raise ForbiddenCall(f"{exercise}: your code called {_label}, which this exercise asks you to "
-                                    "rebuild from point-to-point messages (send/recv, isend/irecv)")
-
-            setattr(owner, attr, raiser)
-        yield
-    finally:
-        for owner, attr, original in reversed(saved):
-            setattr(owner, attr, original)
-
-
 def _worker_main(payload_path: str, result_path: str) -> int:
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -250,7 +230,8 @@ def _worker_main(payload_path: str, result_path: str) -> int:
         fn, args, forbid, exercise, timeout = pickle.loads(Path(payload_path).read_bytes())
         dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout))
         try:
-            with _forbidding(exercise, forbid):
+            owners = [(importlib.import_module(module_name), attr) for module_name, attr in forbid]
+            with forbidden(exercise, *owners, rebuild="rebuild from point-to-point messages (send/recv, isend/irecv)"):
                 value = fn(rank, world_size, *args)
             status = "ok"
             # Report first, then leave together: a rank that tears gloo down while its peer is still

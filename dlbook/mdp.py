@@ -19,6 +19,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from ._convert import check_gamma
+
 # Arrow directions (dx, dy) per action, y pointing down the grid rows.
 FROZENLAKE_ARROWS = ((-1, 0), (0, 1), (1, 0), (0, -1))  # left, down, right, up
 CLIFFWALKING_ARROWS = ((0, -1), (1, 0), (0, 1), (-1, 0))  # up, right, down, left
@@ -34,11 +36,6 @@ def _check_mdp(P: Any, R: Any) -> tuple[torch.Tensor, torch.Tensor]:
     if (P < 0).any() or (P.sum(-1) > 1 + 1e-9).any():
         raise ValueError("P[s, a] must be non-negative and sum to at most 1")
     return P, R
-
-
-def _check_gamma(gamma: float) -> None:
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
 
 
 def from_gymnasium(env: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -63,7 +60,7 @@ def from_gymnasium(env: Any) -> tuple[np.ndarray, np.ndarray]:
 def action_values(V: Any, P: Any, R: Any, gamma: float) -> np.ndarray:
     """Return ``Q`` (S, A) with ``Q[s, a] = R[s, a] + gamma * sum_s2 P[s, a, s2] V[s2]``."""
     P, R = _check_mdp(P, R)
-    _check_gamma(gamma)
+    check_gamma(gamma)
     V = torch.as_tensor(np.asarray(V, dtype=np.float64))
     if tuple(V.shape) != (P.shape[0],):
         raise ValueError(f"expected V of shape (S,) = ({P.shape[0]},), got {tuple(V.shape)}")
@@ -106,7 +103,7 @@ def policy_evaluation(policy: Any, P: Any, R: Any, gamma: float) -> np.ndarray:
     Needs ``gamma < 1`` or a policy that ends every episode (else the system is singular).
     """
     P, R = _check_mdp(P, R)
-    _check_gamma(gamma)
+    check_gamma(gamma)
     pi = torch.as_tensor(np.asarray(policy), dtype=torch.long)
     if tuple(pi.shape) != (P.shape[0],):
         raise ValueError(f"expected policy of shape (S,) = ({P.shape[0]},), got {tuple(pi.shape)}")

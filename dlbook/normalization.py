@@ -13,9 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def _t(x: np.ndarray, requires_grad: bool = False) -> torch.Tensor:
-    return torch.tensor(np.asarray(x, dtype=np.float64), dtype=torch.float64, requires_grad=requires_grad)
+from ._convert import float64_tensor as _t
 
 
 def _check(x: np.ndarray, gamma: np.ndarray) -> None:

@@ -14,10 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def _check_gamma(gamma: float) -> None:
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+from ._convert import check_gamma
 
 
 def _table(Q: Any) -> np.ndarray:
@@ -35,7 +32,7 @@ def discounted_returns(rewards: Any, gamma: float) -> np.ndarray:
 
     Computed as one matrix product with the upper-triangular matrix of discounts ``gamma^(k - t)``.
     """
-    _check_gamma(gamma)
+    check_gamma(gamma)
     r = torch.as_tensor(np.asarray(rewards, dtype=np.float64))
     if r.ndim != 1:
         raise ValueError(f"expected rewards of shape (T,), got {tuple(r.shape)}")
@@ -61,7 +58,7 @@ def moving_average(x: Any, window: int) -> np.ndarray:
 
 def td_target(reward: float, next_value: float, terminated: bool, gamma: float) -> float:
     """Return ``r + gamma * next_value``, or just ``r`` when the episode terminated."""
-    _check_gamma(gamma)
+    check_gamma(gamma)
     return float(reward) + (0.0 if terminated else gamma * float(next_value))
 
 
@@ -175,7 +172,7 @@ def dqn_td_target(rewards: torch.Tensor, next_q: torch.Tensor, terminated: torch
         next_q: (B, A) target-network action values of the next states.
         terminated: (B,) bool or 0/1: the episode ended at this transition.
     """
-    _check_gamma(gamma)
+    check_gamma(gamma)
     if next_q.ndim != 2 or rewards.shape != next_q.shape[:1] or terminated.shape != rewards.shape:
         raise ValueError(f"expected rewards (B,), next_q (B, A), terminated (B,), got {tuple(rewards.shape)}, "
                          f"{tuple(next_q.shape)}, {tuple(terminated.shape)}")

@@ -14,11 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-
-def _t(x: Any) -> torch.Tensor | None:
-    if x is None:
-        return None
-    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x, dtype=np.float64))
+from ._convert import as_tensor as _t
 
 
 def _check_2d(name: str, x: torch.Tensor) -> None:
@@ -148,8 +144,3 @@ class CharRNN(nn.Module):
             raise ValueError(f"expected ids of shape (N, T), got {tuple(ids.shape)}")
         out, _ = self.rnn(self.embed(ids))
         return self.head(self.drop(out))
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Return the number of trainable parameters of ``model``."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .device import device as default_device
+from .devices import device as default_device
 
 END = "."
 IGNORE_INDEX = -100

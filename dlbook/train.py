@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .device import device as default_device
+from .devices import device as default_device
 
 History = dict[str, list[float]]
 
@@ -87,8 +87,22 @@ class LivePlot:
             self._handle.update(self._fig)
 
     def close(self) -> History:
-        """Return the history (the figure stays on screen)."""
+        """Close the figure and return the history.
+
+        What was drawn stays in the notebook's output; the figure behind it is released, and a later
+        :meth:`update` starts a new one.
+        """
+        if self._fig is not None:
+            import matplotlib.pyplot as plt
+
+            plt.close(self._fig)
+            self._fig, self._axes, self._handle = None, None, None
         return self.history
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Return the number of parameters (tensor entries) of ``model``; only those with ``requires_grad`` if asked."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 def make_loader(
@@ -141,6 +155,7 @@ def fit(
     epochs: int,
     optimizer: torch.optim.Optimizer,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+    train_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     val_loader: Iterable | None = None,
     scheduler: Any = None,
     device: torch.device | None = None,
@@ -152,6 +167,10 @@ def fit(
     One progress bar over all batches, one plot point per epoch (train loss and accuracy, and
     validation loss and accuracy when ``val_loader`` is given), and ``seconds`` since the start.
     ``scheduler.step()`` runs once per epoch (ReduceLROnPlateau gets the validation loss).
+
+    ``loss_fn(logits, labels)`` is the loss; ``train_loss(logits, labels, inputs)``, when given, is
+    the training loss instead, for losses that also need the batch's inputs (distillation asks a
+    teacher about them). Validation always uses ``loss_fn``.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -170,7 +189,7 @@ def fit(
                 xb, yb = xb.to(device), yb.to(device)
                 optimizer.zero_grad(set_to_none=True)
                 out = model(xb)
-                loss = loss_fn(out, yb)
+                loss = loss_fn(out, yb) if train_loss is None else train_loss(out, yb, xb)
                 loss.backward()
                 optimizer.step()
                 total_loss += loss.item() * len(yb)

@@ -35,11 +35,6 @@ class SmallCNN(nn.Module):
         return self.head(self.backbone(x))
 
 
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Return the number of parameters of ``model`` (only those with ``requires_grad`` if asked)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
 def freeze_backbone(model: nn.Module, head: str = "head") -> list[str]:
     """Return the names of the parameters left trainable after freezing all but submodule ``head``.
 

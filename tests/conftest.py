@@ -30,13 +30,13 @@ if os.environ.get("DLBOOK_CHAPTERS"):
     CHAPTERS = [c for c in CHAPTERS if c in _wanted]
 NOTEBOOKS = sorted(p for c in CHAPTERS for p in (CHAPTERS_DIR / c).glob("*.ipynb"))
 
-# One deliberate bug per chapter, in tests/bugs/NN_slug.py: SOLUTION_ID (the grade_id of a solution
-# cell), CODE (appended to that cell; it wraps the correct function, so it does not depend on how
-# the solution is written) and LOSES (the graded cells that must lose their points).
+# One deliberate bug per chapter, in chapters/NN_slug/bugs.py: SOLUTION_ID (the grade_id of a
+# solution cell), CODE (appended to that cell; it wraps the correct function, so it does not depend on
+# how the solution is written) and LOSES (the graded cells that must lose their points).
 BUGS: dict[str, tuple[str, str, set[str]]] = {}
-for _path in sorted((Path(__file__).parent / "bugs").glob("*.py")):
+for _path in sorted(CHAPTERS_DIR.glob("*/bugs.py")):
     _bug = runpy.run_path(str(_path))
-    BUGS[_path.stem] = (_bug["SOLUTION_ID"], _bug["CODE"], set(_bug["LOSES"]))
+    BUGS[_path.parent.name] = (_bug["SOLUTION_ID"], _bug["CODE"], set(_bug["LOSES"]))
 
 
 def nbgrader_meta(cell: nbformat.NotebookNode) -> dict:

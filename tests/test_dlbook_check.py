@@ -317,6 +317,17 @@ def test_forbidden_raises_inside_and_restores_after():
     assert mod.conv(1) == 2
 
 
+def test_forbidden_says_how_to_rebuild():
+    mod = _fake_module()
+    with check.forbidden("ex", (mod, "conv")):
+        with pytest.raises(ForbiddenCall, match=r"asks you to rebuild yourself; write it from the simpler operations"):
+            mod.conv(1)
+    wanted = r"ch08_all_reduce: your code called fakeops\.conv, which this exercise asks you to rebuild from send/recv$"
+    with check.forbidden("ch08_all_reduce", (mod, "conv"), rebuild="rebuild from send/recv"):
+        with pytest.raises(ForbiddenCall, match=wanted):
+            mod.conv(1)
+
+
 def test_forbidden_restores_when_the_block_raises():
     mod = _fake_module()
     conv = mod.conv

@@ -1,4 +1,4 @@
-"""dlbook.confusion and dlbook.cnn: confusion matrices against counting, models and feature maps by shape."""
+"""dlbook.confusion: confusion matrices against counting, the most confused pairs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dlbook import cnn, confusion
+from dlbook import confusion
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -37,19 +37,3 @@ def test_most_confused_orders_off_diagonal_cells():
     assert confusion.most_confused(np.diag([5, 5]), 3) == []
     with pytest.raises(ValueError, match="square"):
         confusion.most_confused(np.zeros((2, 3)))
-
-
-def test_feature_maps_follow_the_layers():
-    model = cnn.small_cnn()
-    maps = cnn.feature_maps(model, torch.randn(2, 1, 28, 28))
-    assert len(maps) == len(model)
-    assert maps[0][1].shape == (2, 16, 28, 28) and maps[-1][1].shape == (2, 10)
-    assert maps[3][0] == "3: MaxPool2d"
-    assert model.training, "feature_maps restores the training mode"
-
-
-@pytest.mark.parametrize("make,params", [(cnn.lenet5, 61706), (cnn.small_cnn, 54778)])
-def test_models_map_images_to_logits(make, params):
-    model = make()
-    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
-    assert cnn.count_parameters(model) == params

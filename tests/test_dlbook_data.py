@@ -189,7 +189,7 @@ def closed_port_url():
     return f"http://127.0.0.1:{port}/"
 
 
-def test_fetch_files_downloads_and_verifies(server, tmp_path):
+def test_fetch_files_downloads_and_verifies(server, tmp_path, monkeypatch):
     url, served, hashes = server
     cache = tmp_path / "cache" / "fashion"
     paths = data.fetch_files("Fashion-MNIST", hashes, (url,), cache)
@@ -198,7 +198,11 @@ def test_fetch_files_downloads_and_verifies(server, tmp_path):
         assert Path(path) == cache / fname
         assert sha256(Path(path)) == hashes[fname]
     assert sorted(p.name for p in cache.iterdir()) == sorted(hashes)
-    images, labels = data._load_idx_pair(paths, "train")
+    # The public loader on top of fetch_files: the same server stands in for MNIST's.
+    monkeypatch.setattr(data, "MNIST_URLS", (url,))
+    monkeypatch.setattr(data, "MNIST_FILES", hashes)
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "data"))
+    images, labels = data.load_mnist("train")
     expected = small_dataset()
     np.testing.assert_array_equal(images, expected["train-images-idx3-ubyte.gz"])
     np.testing.assert_array_equal(labels, expected["train-labels-idx1-ubyte.gz"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from dlbook import rnn
+from dlbook import rnn, train
 
 SEEDS = [0, 1, 2]
 SHAPES = [(1, 1, 1), (1, 3, 4), (5, 2, 3), (4, 6, 1)]  # (N, D, H)
@@ -124,6 +124,6 @@ def test_char_rnn_shapes_and_causality(cell):
     changed = ids.clone()
     changed[:, 5] = (changed[:, 5] + 1) % 10
     torch.testing.assert_close(model(changed)[:, :5], out[:, :5])  # the future never leaks back
-    assert rnn.count_parameters(model) == sum(p.numel() for p in model.parameters())
+    assert train.count_parameters(model) == sum(p.numel() for p in model.parameters())
     with pytest.raises(ValueError, match="cell"):
         rnn.CharRNN(10, cell="transformer")

@@ -179,3 +179,25 @@ def test_liveplot_without_title(capsys):
     live = train.LivePlot(enabled=False)
     live.update({"loss": 2.0})
     assert capsys.readouterr().out == "[1] loss=2\n"
+
+
+def test_liveplot_close_releases_its_figure(monkeypatch):
+    import IPython.display
+    import matplotlib.pyplot as plt
+
+    shown = []
+
+    class Handle:
+        def update(self, fig):
+            shown.append(fig)
+
+    monkeypatch.setattr(IPython.display, "display", lambda fig, display_id: shown.append(fig) or Handle())
+    live = train.LivePlot(["loss"], title="run")
+    live.notebook = True  # as in a Jupyter kernel
+    live.update({"train_loss": 1.0})
+    live.update({"train_loss": 0.5})
+    fig = live._fig
+    assert shown == [fig, fig], "the first update displays the figure, later ones update it in place"
+    assert live.close() == {"train_loss": [1.0, 0.5]}
+    assert live._fig is None and live._handle is None, "close() should release the figure"
+    assert not plt.fignum_exists(fig.number), "the figure should be closed"

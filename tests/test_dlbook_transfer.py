@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dlbook import transfer
+from dlbook import train, transfer
 
 
 @pytest.mark.parametrize("width", [1, 4, 16])
@@ -18,7 +18,7 @@ def test_small_cnn_shapes_and_parameter_count(width, n):
     assert out.shape == (n, 7)
     assert model.backbone(torch.zeros(n, 1, 16, 16)).shape == (n, 2 * width * 16)
     expected = (9 * width + width) + (9 * width * 2 * width + 2 * width) + (32 * width * 7 + 7)
-    assert transfer.count_parameters(model) == expected
+    assert train.count_parameters(model) == expected
 
 
 def test_small_cnn_rejects_wrong_shape():
@@ -32,7 +32,7 @@ def test_freeze_backbone_leaves_only_the_head_trainable():
     model = transfer.SmallCNN(width=4)
     names = transfer.freeze_backbone(model)
     assert names == ["head.weight", "head.bias"]
-    assert transfer.count_parameters(model, trainable_only=True) == model.head.weight.numel() + 10
+    assert train.count_parameters(model, trainable_only=True) == model.head.weight.numel() + 10
     # gradients reach only the head
     model(torch.randn(3, 1, 16, 16)).sum().backward()
     assert all(p.grad is None for p in model.backbone.parameters())

@@ -34,8 +34,27 @@ def _env() -> dict[str, str]:
             "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
+ZYGOTE = [False]  # how _kernel starts kernels in the current test
+NO_KERNEL = {"test_uid_claims_are_exclusive_across_processes_and_the_lock_dir_is_checked",
+             "test_environment_keeps_configuration_outside_the_submission"}
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["python", "zygote"])
+def zygote(request):
+    """Every attack runs on a kernel started the ordinary way and on one forked from the zygote."""
+    if request.param and request.function.__name__ in NO_KERNEL:
+        pytest.skip("this test starts no kernel through _kernel")
+    if request.param and not (ROOT and bwrap_available()):
+        pytest.skip("kernels come from the zygote only with a root grader and bubblewrap")
+    if request.param and "use_bwrap" in request.fixturenames and not request.getfixturevalue("use_bwrap"):
+        pytest.skip("without bubblewrap there is no zygote")
+    ZYGOTE[0] = request.param
+    yield request.param
+    ZYGOTE[0] = False
+
+
 def _kernel(src: Path | None, limits: Limits | None = None, use_bwrap: bool = True) -> Kernel:
-    return Kernel(src, limits or Limits(memory_bytes=2 << 30), _env(), use_bwrap)
+    return Kernel(src, limits or Limits(memory_bytes=2 << 30), _env(), use_bwrap, zygote=ZYGOTE[0])
 
 
 def _run(kernel: Kernel, code: str, timeout: float = 90) -> str:
@@ -340,9 +359,9 @@ def test_environment_keeps_configuration_outside_the_submission(tmp_path) -> Non
 def test_a_failed_start_is_tried_again(tmp_path, monkeypatch) -> None:
     real, calls = Kernel.command, []
 
-    def flaky(self):
+    def flaky(self, **kwargs):
         calls.append(1)
-        return ["false"] if len(calls) == 1 else real(self)
+        return ["false"] if len(calls) == 1 else real(self, **kwargs)
 
     monkeypatch.setattr(Kernel, "command", flaky)
     kernel = _kernel(None)

@@ -12,6 +12,7 @@ import pytest
 
 from autograder import course
 from autograder.bench import load_targets
+from autograder.config import CHAPTER_PRIVATE_FILES
 
 from .conftest import BUGS, CHAPTERS, CHAPTERS_DIR, nbgrader_meta
 
@@ -49,6 +50,8 @@ def _hidden_only_lines(notebook: nbformat.NotebookNode) -> list[str]:
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_student_release_has_no_solutions_or_hidden_tests(graded, chapter) -> None:
     release = graded["course_dirs"][chapter] / "release" / chapter
+    leaked = {p.name for p in release.rglob("*")} & set(CHAPTER_PRIVATE_FILES)
+    assert not leaked, f"the maintainer's {sorted(leaked)} reached the student release"
     for src in sorted((CHAPTERS_DIR / chapter).glob("*.ipynb")):
         student = release / src.name
         assert student.exists(), f"{student} was not generated"
@@ -84,12 +87,12 @@ def test_untouched_release_gets_zero(graded, chapter) -> None:
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_every_chapter_has_a_deliberate_bug_and_targets(chapter) -> None:
-    assert chapter in BUGS, f"add tests/bugs/{chapter}.py (SOLUTION_ID, CODE, LOSES)"
+    assert chapter in BUGS, f"add chapters/{chapter}/bugs.py (SOLUTION_ID, CODE, LOSES)"
     targets = load_targets()
     for src in sorted((CHAPTERS_DIR / chapter).glob("*.ipynb")):
         rel = f"chapters/{chapter}/{src.name}"
         assert "seconds" in targets.get(rel, {}), (
-            f"add a seconds target for {src.name} to autograder/targets/{chapter}.json"
+            f"add a seconds target for {src.name} to chapters/{chapter}/targets.json"
         )
 
 

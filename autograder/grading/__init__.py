@@ -5,5 +5,8 @@
 - :mod:`.sandbox`: the confined learner kernel (bubblewrap, rlimits, its own uid);
 - :mod:`.run`: executing the learner's cells in that kernel;
 - :mod:`.agent` (runs inside the kernel) and :mod:`.judge` (never runs learner code): the tests;
-- :mod:`.feedback`: feedback pages; :mod:`.batch`: a submission, a batch, grades.csv, the gradebook.
+- :mod:`.feedback`: feedback pages; :mod:`.batch`: a submission, a batch, grades.csv, the gradebook;
+- :mod:`.task`: a submission packed for a worker on any host; :mod:`.executors`: the local pool or Dask;
+- :mod:`.gradebook`: the nbgrader gradebook, one transaction per submission (SQLite or PostgreSQL);
+- :mod:`.export`: grades for an LMS (Canvas, Moodle, a long CSV).
 """

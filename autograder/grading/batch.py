@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import json
@@ -9,22 +10,25 @@ import os
 import sys
 import tempfile
 import time
-import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
-from multiprocessing import get_context
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .executors import dask_address, run_dask, run_local
 from .feedback import _feedback_html
+from .gradebook import GradebookStore
 from .intake import INTAKE_FLAGS, discover, match_notebooks
 from .notebook import assemble, dlbook_modules, dynamic_code_flags, reference_calls, reference_cells
 from .run import Settings, run_notebook
 from .sandbox import bwrap_available
+from .task import GradedSubmission, GradeTask, pack_submission, references_sha256, unpack_tree
 
 
 def grade_notebook(name: str, ref: list[dict], found: tuple, workdir: Path | None, settings: Settings,
-                   feedback: Path | None = None) -> dict:
-    """Grade one notebook of a submission; return its report (never raises for a bad submission)."""
+                   feedback: Path | None = None, left_out: list[str] = ()) -> dict:
+    """Grade one notebook of a submission; return its report (never raises for a bad submission).
+
+    ``left_out``: what packing the submission folder left out (reported as ``not_copied``).
+    """
     path, sub, error = found
     tests = [c for c in ref if c["kind"] == "test"]
     report = {"notebook": name, "submitted_as": path.name if path else None, "status": "graded", "flags": [],
@@ -44,10 +48,11 @@ def grade_notebook(name: str, ref: list[dict], found: tuple, workdir: Path | Non
             expected = set(dynamic_code_flags([c for c in ref if c["kind"] == "solution"]))
             report["flags"] += flags + reference_calls(ref, cells) + [f for f in dynamic_code_flags(cells)
                                                                       if f not in expected]
-            run = run_notebook(cells, workdir, settings, dlbook_modules(ref), ref=ref)
+            run = run_notebook(cells, workdir, settings, dlbook_modules(ref), ref=ref, left_out=left_out)
             results = run["results"]
             report["flags"] += run["flags"]
             report.update(restarts=run["restarts"], seconds=round(run["seconds"], 2), sandbox=run["sandbox"],
+                          kernel_start="zygote" if run["zygote"] else "python", timings=run["timings"],
                           judge_seed=run["judge_seed"])
         except Exception as err:  # noqa: BLE001 - a bad submission never aborts the batch
             report["status"] = "error"
@@ -72,11 +77,56 @@ def grade_notebook(name: str, ref: list[dict], found: tuple, workdir: Path | Non
     report["points"] = sum(e["points"] for e in report["exercises"])
     report["max_points"] = sum(e["max_points"] for e in report["exercises"])
     if feedback is not None and settings.feedback and cells:
+        t0 = time.monotonic()
         try:
             _feedback_html(cells, results, report, feedback)
         except Exception as err:  # noqa: BLE001 - no feedback page is no reason to lose the grade
             report["flags"].append(f"feedback_failed: {type(err).__name__}: {err}")
+        if "timings" in report:
+            report["timings"]["feedback"] = round(time.monotonic() - t0, 3)
     return report
+
+
+def grade_packed(task: GradeTask) -> GradedSubmission:
+    """Grade one packed submission in this host's sandbox; return its report and feedback pages as bytes.
+
+    What every executor runs (a local process, a Dask worker on another host): it reads nothing of the
+    instructor's host and writes only its own temporary folder.
+    """
+    start = time.monotonic()
+    sub = task.submission
+    with tempfile.TemporaryDirectory(prefix="ag-task-") as tmp:
+        folder, feedback_dir = Path(tmp) / "submission", Path(tmp) / "feedback"
+        folder.mkdir()
+        unpack_tree(sub.tree, folder)
+        refs = {name: reference_cells(data) for name, data in task.references.items()}
+        ref_ids = {name: {c["grade_id"] for c in cells if c["grade_id"]} for name, cells in refs.items()}
+        found = match_notebooks(list(refs), ref_ids, folder, sub.withheld, sub.rejected)
+        notebooks = [grade_notebook(name, refs[name], found[name], folder, task.settings,
+                                    feedback_dir / f"{Path(name).stem}.html", list(sub.left_out)) for name in refs]
+        feedback = {p.stem: p.read_bytes() for p in sorted(feedback_dir.glob("*.html"))}
+    report = {"student": sub.student, "assignment": task.assignment, "status": "graded",
+              "points": sum(n["points"] for n in notebooks), "max_points": sum(n["max_points"] for n in notebooks),
+              "flags": sorted({f for n in notebooks for f in n["flags"]}), "notebooks": notebooks,
+              "seconds": round(time.monotonic() - start, 2), "submission_sha256": sub.sha256}
+    if any(n["status"] == "error" for n in notebooks):
+        report["status"] = "error"
+    return GradedSubmission(report, feedback)
+
+
+def write_graded(graded: GradedSubmission, out_dir: Path) -> None:
+    """Write a graded submission's report (``reports/<student>.json``) and feedback pages under ``out_dir``."""
+    out, student = Path(out_dir), graded.report["student"]
+    (out / "reports").mkdir(parents=True, exist_ok=True)
+    (out / "reports" / f"{student}.json").write_text(json.dumps(graded.report, indent=2))
+    if graded.feedback:
+        (out / "feedback" / student).mkdir(parents=True, exist_ok=True)
+        for stem, page in graded.feedback.items():
+            (out / "feedback" / student / f"{stem}.html").write_bytes(page)
+
+
+def _read_references(references: dict[str, str]) -> dict[str, bytes]:
+    return {name: Path(path).read_bytes() for name, path in references.items()}
 
 
 def grade_submission(student: str, folder: str, assignment: str, references: dict[str, str], settings: Settings,
@@ -85,22 +135,10 @@ def grade_submission(student: str, folder: str, assignment: str, references: dic
 
     ``withheld``: the notebooks intake would not hand over (see :func:`discover`), reported by their flag.
     """
-    start = time.monotonic()
-    folder_path, out = Path(folder), Path(out_dir)
-    refs = {name: reference_cells(Path(p)) for name, p in references.items()}
-    ref_ids = {name: {c["grade_id"] for c in cells if c["grade_id"]} for name, cells in refs.items()}
-    found = match_notebooks(list(refs), ref_ids, folder_path, withheld)
-    notebooks = [grade_notebook(name, refs[name], found[name], folder_path, settings,
-                                out / "feedback" / student / f"{Path(name).stem}.html") for name in refs]
-    report = {"student": student, "assignment": assignment, "status": "graded",
-              "points": sum(n["points"] for n in notebooks), "max_points": sum(n["max_points"] for n in notebooks),
-              "flags": sorted({f for n in notebooks for f in n["flags"]}), "notebooks": notebooks,
-              "seconds": round(time.monotonic() - start, 2)}
-    if any(n["status"] == "error" for n in notebooks):
-        report["status"] = "error"
-    (out / "reports").mkdir(parents=True, exist_ok=True)
-    (out / "reports" / f"{student}.json").write_text(json.dumps(report, indent=2))
-    return report
+    packed = pack_submission(student, Path(folder), withheld, settings.limits.disk_bytes)
+    graded = grade_packed(GradeTask(assignment, _read_references(references), settings, packed))
+    write_graded(graded, Path(out_dir))
+    return graded.report
 
 
 def write_grades_csv(reports: list[dict], path: Path) -> Path:
@@ -121,38 +159,14 @@ def write_grades_csv(reports: list[dict], path: Path) -> Path:
 
 
 def write_gradebook(reports: list[dict], assignment: str, references: dict[str, str], db_url: str) -> None:
-    """Record every grade in an nbgrader gradebook (any SQLAlchemy URL); flag tampered notebooks."""
-    from nbgrader.api import Gradebook, MissingEntry
+    """Record every grade in an nbgrader gradebook (any SQLAlchemy URL); flag tampered notebooks.
 
-    # nbgrader runs `alembic` from PATH: use this interpreter's environment.
-    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    with Gradebook(db_url) as gb, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*not in session.*")  # nbgrader's own add_submission
-        gb.update_or_create_assignment(assignment)
-        for name, path in references.items():
-            stem = Path(name).stem
-            gb.update_or_create_notebook(stem, assignment)
-            for cell in reference_cells(Path(path)):
-                if cell["kind"] == "test":
-                    gb.update_or_create_grade_cell(cell["grade_id"], stem, assignment, max_score=cell["points"],
-                                                   cell_type="code")
-                elif cell["kind"] == "solution":
-                    gb.update_or_create_solution_cell(cell["grade_id"], stem, assignment)
+    One transaction per report (see :mod:`.gradebook`); ``grade`` records each submission as it finishes.
+    """
+    refs = _read_references(references)
+    with GradebookStore(db_url, assignment, refs) as store:
         for r in reports:
-            gb.update_or_create_student(r["student"])
-            gb.update_or_create_submission(assignment, r["student"])
-            for n in r.get("notebooks", []):
-                stem = Path(n["notebook"]).stem
-                try:
-                    nb = gb.find_submission_notebook(stem, assignment, r["student"])
-                except MissingEntry:
-                    continue
-                nb.flagged = any(not f.startswith(("extra_cells", "renamed")) for f in n["flags"])
-                for e in n["exercises"]:
-                    grade = gb.find_grade(e["grade_id"], stem, assignment, r["student"])
-                    grade.auto_score = e["points"]
-                    grade.needs_manual_grade = False
-            gb.db.commit()
+            store.record(r, r.get("submission_sha256", ""), references_sha256(refs))
 
 
 @dataclass
@@ -161,10 +175,17 @@ class BatchResult:
     out_dir: Path
     seconds: float
     problems: list[str]
+    unchanged: list[str] = field(default_factory=list)  # students not regraded: same bytes as when graded
 
     @property
     def by_student(self) -> dict[str, dict]:
         return {r["student"]: r for r in self.reports}
+
+    @property
+    def per_worker(self) -> dict[str, int]:
+        """``{worker: submissions it graded in this run}`` (Dask worker address, or the local process)."""
+        fresh = [r for r in self.reports if r["student"] not in set(self.unchanged)]
+        return dict(sorted(collections.Counter(r.get("worker") or "(none)" for r in fresh).items()))
 
     def summary(self) -> str:
         lines = [f"{'student':<24} {'points':>14} {'flags':>6}  status"]
@@ -175,58 +196,117 @@ class BatchResult:
         failed = sum(1 for r in self.reports if r["status"] != "graded")
         lines.append(f"graded {len(self.reports) - failed}, flagged {flagged}, failed to grade {failed}, "
                      f"time {self.seconds:.1f} s; reports in {self.out_dir}")
+        if self.unchanged:
+            lines.append(f"not regraded (unchanged since graded; --regrade forces): {len(self.unchanged)}")
+        lines += [f"graded by {worker}: {n}" for worker, n in self.per_worker.items()]
         lines += [f"note: {p}" for p in self.problems]
         return "\n".join(lines)
 
 
-def _limit_worker(memory_bytes: int) -> None:
-    """Cap a grading worker's memory: what a learner's kernel sends it is bounded, and so is the worker."""
-    import resource
+    def profile(self) -> str:
+        """Where a graded notebook's time went, on average over this run (``grade --profile``)."""
+        notebooks = [n for r in self.reports if r["student"] not in set(self.unchanged)
+                     for n in r.get("notebooks", []) if n.get("timings")]
+        if not notebooks:
+            return "profile: no notebook was run in this batch"
+        phases = [("kernel_start", "kernel start (sandbox, Python or zygote fork, ipykernel, guard)"),
+                  ("first_cell", "first code cell (the notebook's imports)"),
+                  ("code_cells", "other code cells (setup and the learner's solutions)"),
+                  ("test_cells", "test cells (the judge, and the learner's code it calls)"),
+                  ("feedback", "feedback page")]
+        total = sum(n["seconds"] for n in notebooks) / len(notebooks)
+        starts = collections.Counter(n.get("kernel_start", "python") for n in notebooks)
+        lines = [f"profile: {len(notebooks)} notebooks, mean seconds per notebook (kernels: "
+                 + ", ".join(f"{k} {v}" for k, v in sorted(starts.items())) + ")"]
+        for key, label in phases:
+            mean = sum(n["timings"].get(key, 0.0) for n in notebooks) / len(notebooks)
+            lines.append(f"  {label:<62} {mean:7.2f} s")
+        lines.append(f"  {'run (all but feedback), as measured':<62} {total:7.2f} s")
+        return "\n".join(lines)
 
-    if memory_bytes:
-        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+
+def _failed_report(student: str, assignment: str, err: BaseException) -> dict:
+    """The report of a submission whose grading raised, or whose Dask workers all died (``crashed``)."""
+    if type(err).__name__ == "KilledWorker":  # distributed.KilledWorker, without importing Dask here
+        status, flag = "crashed", f"worker_crashed: every worker grading it died ({err}); not graded"
+    else:
+        status, flag = "error", f"grading_failed: {type(err).__name__}: {err}"
+    return {"student": student, "assignment": assignment, "status": status, "points": 0, "max_points": 0,
+            "flags": [flag], "notebooks": []}
 
 
 def grade(assignment: str, submissions: Path, source_dir: Path, out_dir: Path, workers: int | None = None,
-          db_url: str | None = None, settings: Settings | None = None, progress: bool = True) -> BatchResult:
-    """Grade every submission of ``assignment`` in ``submissions`` with ``workers`` processes."""
+          db_url: str | None = None, settings: Settings | None = None, progress: bool = True,
+          executor: str = "local", regrade: bool = False) -> BatchResult:
+    """Grade every submission of ``assignment`` in ``submissions``; return the reports and the summary.
+
+    ``executor``: ``local`` (``workers`` processes here) or ``dask://HOST:PORT`` (the workers of that
+    Dask scheduler, on any host). With ``db_url``, each submission is recorded in the gradebook as it
+    finishes, and one whose bytes (and the reference notebooks) are unchanged since it was graded is not
+    graded again unless ``regrade`` (its stored report is used).
+    """
     start = time.monotonic()
+    address = dask_address(executor)
     settings = dataclasses.replace(settings or Settings())  # a copy: the caller's settings are not changed
     workers = workers or os.cpu_count() or 1
-    if settings.use_bwrap is None:
-        settings.use_bwrap = bwrap_available()
-    settings.threads = max(1, (os.cpu_count() or 1) // workers)
-    references = {p.name: str(p) for p in sorted((Path(source_dir) / assignment).glob("*.ipynb"))}
-    if not references:
+    if address is None:
+        if settings.use_bwrap is None:
+            settings.use_bwrap = bwrap_available()
+        settings.threads = max(1, (os.cpu_count() or 1) // workers)
+    else:
+        settings.threads = 1  # one grading slot per core on each worker host (python -m autograder worker)
+    paths = {p.name: str(p) for p in sorted((Path(source_dir) / assignment).glob("*.ipynb"))}
+    if not paths:
         raise FileNotFoundError(f"no source notebooks in {Path(source_dir) / assignment}")
+    references = _read_references(paths)
+    refs_sha = references_sha256(references)
     out_dir = Path(out_dir)
     reports: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="ag-batch-") as scratch:
-        students, problems = discover(Path(submissions), assignment, Path(scratch))
-        ctx = get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_limit_worker,
-                                 initargs=(settings.worker_memory_bytes,)) as pool:
+    unchanged: list[str] = []
+    store = GradebookStore(db_url, assignment, references) if db_url else None
+    try:
+        previous = store.graded() if store and not regrade else {}
+        with tempfile.TemporaryDirectory(prefix="ag-batch-") as scratch:
+            students, problems = discover(Path(submissions), assignment, Path(scratch))
             withheld = getattr(students, "withheld", {})
-            futures = {pool.submit(grade_submission, s, str(f), assignment, references, settings, str(out_dir),
-                                   withheld.get(s)): s for s, f in students.items()}
-            bar = None
-            if progress:
-                from tqdm import tqdm
+            tasks: dict[str, GradeTask] = {}
+            for student, folder in students.items():
+                packed = pack_submission(student, folder, withheld.get(student), settings.limits.disk_bytes)
+                before = previous.get(student)
+                if (before and before["status"] == "graded" and before["submission_sha256"] == packed.sha256
+                        and before["references_sha256"] == refs_sha):
+                    unchanged.append(student)
+                    reports.append(before["report"])
+                    if not (out_dir / "reports" / f"{student}.json").exists():
+                        write_graded(GradedSubmission(before["report"]), out_dir)
+                else:
+                    tasks[student] = GradeTask(assignment, references, settings, packed)
+        if settings.zygote is None:  # a warm kernel template costs about two kernel starts: worth it from three
+            notebooks = len(tasks) * len(references)
+            settings.zygote = notebooks >= 3 * (workers if address is None else 2)
+        outcomes = (run_local(grade_packed, tasks, workers, settings.worker_memory_bytes) if address is None
+                    else run_dask(grade_packed, tasks, address))
+        bar = None
+        if progress and tasks:
+            from tqdm import tqdm
 
-                bar = tqdm(total=len(futures), desc=f"grading {assignment}", unit="submission", file=sys.stderr)
-            for fut in as_completed(futures):
-                student = futures[fut]
-                try:
-                    reports.append(fut.result())
-                except Exception as err:  # noqa: BLE001 - one failure never aborts the batch
-                    reports.append({"student": student, "assignment": assignment, "status": "error", "points": 0,
-                                    "max_points": 0, "flags": [f"grading_failed: {type(err).__name__}: {err}"],
-                                    "notebooks": []})
+            bar = tqdm(total=len(tasks), desc=f"grading {assignment}", unit="submission", file=sys.stderr)
+        try:
+            for student, outcome in outcomes:
+                graded = (GradedSubmission(_failed_report(student, assignment, outcome))
+                          if isinstance(outcome, BaseException) else outcome)
+                write_graded(graded, out_dir)
+                if store:
+                    store.record(graded.report, tasks[student].submission.sha256, refs_sha)
+                reports.append(graded.report)
                 if bar:
                     bar.update()
+        finally:
+            outcomes.close()
             if bar:
                 bar.close()
+    finally:
+        if store:
+            store.close()
     write_grades_csv(reports, out_dir / "grades.csv")
-    if db_url:
-        write_gradebook(reports, assignment, references, db_url)
-    return BatchResult(reports, out_dir, time.monotonic() - start, problems)
+    return BatchResult(reports, out_dir, time.monotonic() - start, problems, unchanged)

@@ -87,13 +87,15 @@ def _read(path: Path) -> tuple:
 
 
 def match_notebooks(ref_names: list[str], ref_ids: dict[str, set[str]], folder: Path,
-                    withheld: dict[str, str] | None = None) -> dict[str, tuple]:
+                    withheld: dict[str, str] | None = None, rejected: dict[str, str] | None = None) -> dict[str, tuple]:
     """Return ``{reference name: (path or None, cells or None, error or None)}`` for a submission folder.
 
     A notebook is found by its name, else (renamed) by the grade_ids it contains; a reference that two
     renamed files match equally well is ambiguous (neither is graded). Links are rejected, never read.
     ``withheld`` (from :func:`discover`) maps a file name, or ``EVERYTHING``, to the flag reported in place
-    of that notebook (it was ambiguous or a link at intake: there is no file to grade).
+    of that notebook (it was ambiguous or a link at intake: there is no file to grade). ``rejected`` maps
+    the name of a notebook that was in the folder but is not there now (a packed copy left it out: a link,
+    a special file) to why; it is reported as that file, unreadable.
     """
     withheld = dict(withheld or {})
     everything = withheld.pop(EVERYTHING, None)
@@ -102,6 +104,8 @@ def match_notebooks(ref_names: list[str], ref_ids: dict[str, set[str]], folder: 
     except OSError as err:
         names, everything = [], f"the submission folder cannot be read ({_why(err)})"
     parsed: dict[str, tuple] = {n: _read(folder / n) for n in names if n not in withheld}
+    if everything is None:
+        parsed.update({n: (folder / n, None, why) for n, why in (rejected or {}).items() if n not in withheld})
     parsed.update({n: (None, None, flag) for n, flag in withheld.items()})
     out, used = {}, set()
     for name in ref_names:

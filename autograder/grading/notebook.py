@@ -9,7 +9,6 @@ import os
 import stat
 from pathlib import Path
 
-HELPER_MODULES = {"check", "plot", "train", "data", "settings", "seed", "device", "metrics"}
 MAX_NOTEBOOK_BYTES = 32 << 20  # a submitted notebook larger than this is invalid (not read)
 # --- reading notebooks -------------------------------------------------------------------------
 
@@ -37,12 +36,12 @@ def visible_source(source: str) -> str:
     return "\n".join(out)
 
 
-def reference_cells(path: Path) -> list[dict]:
-    """Return the cells of a source notebook as ``{kind, grade_id, points, source, meta}``.
+def reference_cells(path: Path | bytes) -> list[dict]:
+    """Return the cells of a source notebook (a path, or its bytes) as ``{kind, grade_id, points, source, meta}``.
 
     ``kind`` is ``solution`` (learner's answer), ``test`` (graded code cell), ``code`` or ``markdown``.
     """
-    nb = json.loads(Path(path).read_text())
+    nb = json.loads(path.decode("utf-8") if isinstance(path, bytes) else Path(path).read_text())
     cells = []
     for cell in nb["cells"]:
         meta = _meta(cell)
@@ -223,11 +222,17 @@ def dlbook_modules(ref: list[dict]) -> list[str]:
 
 
 def reference_calls(ref: list[dict], run: list[dict]) -> list[str]:
-    """Flag solution cells that use a dlbook reference module (static check of their code)."""
+    """Flag solution cells that use a dlbook reference module (static check of their code).
+
+    dlbook's helper modules and the helpers the package itself exports (``dlbook.device``, ...) are fine.
+    """
+    import dlbook
+
+    helpers = dlbook.HELPER_MODULES | set(dlbook.__all__)
     modules = set()
     for _, node in _nodes(ref, ("code",)):
         if isinstance(node, ast.ImportFrom) and node.module == "dlbook":
-            modules.update(a.asname or a.name for a in node.names if a.name not in HELPER_MODULES)
+            modules.update(a.asname or a.name for a in node.names if a.name not in helpers)
     flags = []
     for cell, node in _nodes(run, ("solution",)):
         used = None
@@ -235,7 +240,7 @@ def reference_calls(ref: list[dict], run: list[dict]) -> list[str]:
             used = f"{node.value.id}.{node.attr}"
         elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and \
                 isinstance(node.value.value, ast.Name) and node.value.value.id == "dlbook" and \
-                node.value.attr not in HELPER_MODULES:
+                node.value.attr not in helpers:
             used = f"dlbook.{node.value.attr}.{node.attr}"
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dlbook."):
             used = node.module

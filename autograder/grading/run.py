@@ -29,6 +29,9 @@ class Settings:
     feedback: bool = True
     worker_memory_bytes: int = 8 << 30  # RLIMIT_AS of each grading worker process (the judge runs there)
     judge_seed: int | None = None  # salt of hidden inputs; None: a fresh one per notebook (recorded in the report)
+    # kernels forked from a warm template (zygote.py; root with bubblewrap only). None: when each grading
+    # worker has several notebooks to grade (starting the template costs about as much as two kernels).
+    zygote: bool | None = None
 
 
 # --- running one notebook in a confined kernel ---------------------------------------------------
@@ -102,27 +105,31 @@ def _guard_result(res: dict) -> dict | None:
 
 
 def run_notebook(cells: list[dict], workdir: Path | None, settings: Settings, watch: list[str] = (),
-                 ref: list[dict] | None = None) -> dict:
+                 ref: list[dict] | None = None, left_out: list[str] = ()) -> dict:
     """Execute ``cells`` (from :func:`assemble`) in a confined kernel; test cells go to the judge.
 
     ``ref``: the reference cells (the judge's setup and the learner's names come from them).
     ``watch``: modules the guard snapshots at start, besides numpy, torch, math and dlbook.
+    ``left_out``: what an earlier copy of ``workdir`` left out (see :mod:`.task`), reported like the kernel's own.
     """
     kernel = Kernel(workdir, settings.limits,
                     course_env(settings.threads, settings.fast, {"DLBOOK_GUARD_MODULES": ",".join(watch)}),
-                    settings.use_bwrap)
+                    settings.use_bwrap, zygote=bool(settings.zygote))
     shutil.copyfile(Path(__file__).with_name("agent.py"), kernel.grader_dir / "_dlbook_agent.py")
     (kernel.grader_dir / "_dlbook_agent.py").chmod(0o644)
     seed = judge_seed(settings.judge_seed)
     judge = Judge(ref if ref is not None else cells, seed, kernel.judge_dir)
+    # where the time goes (grade --profile): kernel starts, the first code cell (the imports), the other code
+    # cells (setup and the learner's solutions), the test cells (the judge and the learner's code it calls)
+    timings = {"kernel_start": 0.0, "first_cell": 0.0, "code_cells": 0.0, "test_cells": 0.0}
     start = time.monotonic()
     deadline = start + settings.notebook_budget
     results: list[dict | None] = [None] * len(cells)
-    flags: list[str] = [f"not_copied: {entry}" for entry in getattr(kernel, "skipped", [])[:20]]
+    flags: list[str] = [f"not_copied: {entry}" for entry in [*left_out, *getattr(kernel, "skipped", [])][:20]]
     history: list[str] = []
     restarts = 0
     left = settings.notebook_output_cap
-    started = False
+    started = ran_code = False
     try:
         for i, cell in enumerate(cells):
             if cell["kind"] == "markdown":
@@ -136,7 +143,9 @@ def run_notebook(cells: list[dict], workdir: Path | None, settings: Settings, wa
                 try:
                     restarts += started
                     started = True
+                    t0 = time.monotonic()
                     _restart(kernel, history, settings, deadline)
+                    timings["kernel_start"] += time.monotonic() - t0
                 except RuntimeError as err:  # the kernel would not start: this cell is not run, credit is kept
                     results[i] = {"status": "crashed", "outputs": [], "flags": [],
                                   "error": f"the kernel could not be started: {str(err)[:300]}"}
@@ -144,10 +153,14 @@ def run_notebook(cells: list[dict], workdir: Path | None, settings: Settings, wa
                     continue
             timeout = min(settings.cell_timeout, deadline - time.monotonic())
             cap = min(settings.output_cap, max(left, 0))
+            t0 = time.monotonic()
             if cell["kind"] == "test":
                 res = judge_test(kernel, judge, cell, timeout, cap)
+                timings["test_cells"] += time.monotonic() - t0
             else:
                 res = execute(kernel, cell["source"], timeout, cap, {"guard": GUARD})
+                timings["code_cells" if ran_code else "first_cell"] += time.monotonic() - t0
+                ran_code = True
                 post = _guard_result(res)
                 res["flags"] = post["flags"] if post else []
                 if res["status"] == "ok":
@@ -163,7 +176,8 @@ def run_notebook(cells: list[dict], workdir: Path | None, settings: Settings, wa
         judge.close()
         kernel.cleanup()
     return {"results": results, "flags": flags, "restarts": restarts, "seconds": time.monotonic() - start,
-            "sandbox": "bubblewrap" if kernel.use_bwrap else "rlimits-only", "judge_seed": seed}
+            "sandbox": "bubblewrap" if kernel.use_bwrap else "rlimits-only", "judge_seed": seed,
+            "zygote": kernel.zygote, "timings": {k: round(v, 3) for k, v in timings.items()}}
 
 
 def judge_test(kernel: Kernel, judge: Judge, cell: dict, timeout: float, cap: int) -> dict:

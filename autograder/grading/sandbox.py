@@ -51,6 +51,14 @@ Root touches learner-writable space only to remove it (``shutil.rmtree``, which 
 every other path it uses is in its own 0700 run directory. ``Kernel.start`` tries three times (a
 short back-off between) before it raises.
 
+**Kernels from a zygote** (root with bubblewrap, ``Kernel(zygote=True)``; the batch grader uses it when
+each worker grades several notebooks): the sandbox is built by bubblewrap exactly as above, but with a
+placeholder inside instead of Python; a fork of a per-worker template that has already imported
+ipykernel, torch, matplotlib and dlbook joins the placeholder's namespaces and root, drops to the
+kernel's uid with no capabilities and ``no_new_privs``, and becomes the kernel. The file system, uid,
+limits and namespaces are the same; the isolation argument is in :mod:`.zygote`. A kernel the zygote
+cannot start is started the ordinary way.
+
 **bubblewrap, grader not root** (a user namespace): the same file system, quota and sockets, but the
 kernel runs as the grader's own uid. **Not enforced**: a uid per kernel. RLIMIT_NPROC is then counted
 over the grader and all its kernels (each kernel's limit is what ran at its start plus
@@ -345,6 +353,11 @@ def _dirs_with_parents(path: Path) -> list[str]:
     return args
 
 
+# the kernel's own directories: a zygote (which runs outside the sandbox) keeps the grader's
+_PROTECTED_ONLY_IN_KERNEL = {"HOME", "IPYTHONDIR", "XDG_CONFIG_HOME", "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR",
+                             "MPLCONFIGDIR", "XDG_CACHE_HOME", "JUPYTER_RUNTIME_DIR", "TMPDIR", "PYTHONPATH"}
+
+
 def _dlbook_dir() -> Path:
     """Return the folder of the dlbook package the grader itself imports."""
     import dlbook
@@ -375,9 +388,14 @@ class Kernel:
     bubblewrap the kernel works on its own copy in a tmpfs and this one stays unchanged).
     """
 
-    def __init__(self, workdir_src: Path | None, limits: Limits, env: dict[str, str], use_bwrap: bool | None = None):
+    def __init__(self, workdir_src: Path | None, limits: Limits, env: dict[str, str], use_bwrap: bool | None = None,
+                 zygote: bool = False):
         self.limits = limits
         self.use_bwrap = bwrap_available() if use_bwrap is None else use_bwrap
+        # a fork of a warm template joins the sandbox instead of a new Python starting in it (see zygote.py)
+        from .zygote import zygote_available
+
+        self.zygote = zygote and zygote_available(self.use_bwrap)
         self.env = env
         self.proc: subprocess.Popen | None = None
         self.client = None
@@ -477,18 +495,23 @@ class Kernel:
         nproc = lim.processes if self.uid is not None else self._nproc_base + lim.processes
         resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
 
-    def command(self) -> list[str]:
-        inner_conn = self.inside(self.grader_dir / "kernel.json")
+    def kernel_args(self) -> list[str]:
+        """ipykernel's arguments: the connection file, the guard first, the working directory last on sys.path."""
         exec_lines = ["import _dlbook_guard; _dlbook_guard.install()",
                       "__import__('sys').path.append(__import__('os').getcwd())"]  # last: never shadows a library
-        python = [sys.executable, "-m", "ipykernel_launcher", "-f", inner_conn,
-                  f"--IPKernelApp.exec_lines={exec_lines!r}", "--InteractiveShellApp.ignore_cwd=True"]
+        return ["-f", self.inside(self.grader_dir / "kernel.json"), f"--IPKernelApp.exec_lines={exec_lines!r}",
+                "--InteractiveShellApp.ignore_cwd=True"]
+
+    def command(self, info_fd: int | None = None) -> list[str]:
+        """The command that starts the kernel; with a zygote, a placeholder that fills /grade, says so, and waits."""
+        python = [sys.executable, "-m", "ipykernel_launcher", *self.kernel_args()]
         if not self.use_bwrap:
             return python
         sized = ["--perms", "01777", *(["--size", str(self.limits.disk_bytes)] if _bwrap_has_size() else []),
                  "--tmpfs"]
         # The private /tmp comes first: a venv or course that itself lives under /tmp is bound on top of it.
-        args = ["bwrap", *_namespace_args(self.limits.network), *sized, SANDBOX_TMP]
+        info = ["--info-fd", str(info_fd)] if info_fd is not None else []
+        args = ["bwrap", *info, *_namespace_args(self.limits.network), *sized, SANDBOX_TMP]
         for path in _readonly_paths():
             args += [*_dirs_with_parents(path), "--ro-bind", str(path), str(path)]
         args += [*sized, SANDBOX_WORK,
@@ -507,6 +530,9 @@ class Kernel:
                   f"did not fit in {SANDBOX_WORK}' >&2; mkdir -p {q(self.scratch)}/matplotlib && "
                   f"cp {SANDBOX_HOME}/.cache/matplotlib/fontlist-*.json {q(self.scratch)}/matplotlib/ 2>/dev/null; "
                   'exec "$@"')
+        if self.zygote:  # the kernel joins later (zygote.py); the placeholder keeps the sandbox alive until then
+            script = script.replace('exec "$@"', "echo ready; exec sleep 2147483647 >/dev/null")
+            return args + ["sh", "-c", script, "dlbook-kernel"]
         return args + ["sh", "-c", script, "dlbook-kernel", *self._prlimit(), *python]
 
     def start(self, timeout: float = 120, tries: int = 3) -> None:
@@ -519,6 +545,9 @@ class Kernel:
             except (RuntimeError, OSError) as err:  # OSError: the socket directory was not as expected
                 errors.append(str(err))
                 self.stop()
+                if self.zygote:  # never a kernel lost to the zygote: the next try starts Python the ordinary way
+                    self.zygote = False
+                    errors[-1] += " (from the zygote; trying without it)"
                 if attempt + 1 < tries:
                     time.sleep(0.5 * 2 ** attempt)
         raise RuntimeError(f"the kernel did not start ({tries} tries): " + " | ".join(errors))
@@ -543,16 +572,18 @@ class Kernel:
         (self.grader_dir / "kernel.json").chmod(0o644)
         self._nproc_base = _user_task_count(os.getuid())
         self._fsize_in_wrapper = bool(self._prlimit())
-        command = self.command()
         self.log = open(self.run_dir / "kernel.log", "ab")  # noqa: SIM115 - closed in stop()
-        try:
-            self.proc = subprocess.Popen(command, cwd=self.work, env=self.environment(), stdin=subprocess.DEVNULL,
-                                         stdout=self.log, stderr=self.log, start_new_session=True,
-                                         preexec_fn=self._preexec)
-        except BaseException:
-            self.log.close()
-            raise
         deadline = time.monotonic() + timeout
+        if self.zygote:
+            self._start_from_zygote(deadline, timeout)
+        else:
+            try:
+                self.proc = subprocess.Popen(self.command(), cwd=self.work, env=self.environment(),
+                                             stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
+                                             start_new_session=True, preexec_fn=self._preexec)
+            except BaseException:
+                self.log.close()
+                raise
         conn_dir = self._open_sockets(deadline, timeout, n)
         host_conn = self.run_dir / f"host-{n}.json"
         host_conn.write_text(json.dumps(self._connection(str(conn_dir / "k"))))
@@ -574,6 +605,58 @@ class Kernel:
                 client.get_iopub_msg(timeout=0)
             except queue.Empty:
                 break
+
+    def _start_from_zygote(self, deadline: float, timeout: float) -> None:
+        """Start the sandbox with its placeholder, wait until /grade is filled, then have a zygote fork join it."""
+        import select
+
+        from .zygote import get_zygote
+
+        info_r, info_w = os.pipe()
+        try:
+            self.proc = subprocess.Popen(self.command(info_fd=info_w), cwd=self.work, env=self.environment(),
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.log,
+                                         start_new_session=True, preexec_fn=self._preexec, pass_fds=(info_w,))
+        except BaseException:
+            os.close(info_r)
+            self.log.close()
+            raise
+        finally:
+            os.close(info_w)
+        try:
+            ready, info = b"", b""
+            while b"\n" not in ready:  # the placeholder prints "ready" once /grade is filled
+                self._check_running(deadline, timeout)
+                for fd in select.select([self.proc.stdout, info_r], [], [], 0.2)[0]:
+                    if fd is info_r:
+                        info += os.read(info_r, 4096)
+                    else:
+                        ready += os.read(self.proc.stdout.fileno(), 64) or b"\n"
+            while True:  # bubblewrap has written the sandbox's pid before it ran the placeholder
+                try:
+                    holder = int(json.loads(info)["child-pid"])
+                    break
+                except (ValueError, KeyError):
+                    if not select.select([info_r], [], [], 1.0)[0]:
+                        raise RuntimeError(f"bubblewrap did not say the sandbox's pid: {info[:200]!r}") from None
+                    info += os.read(info_r, 4096)
+        finally:
+            os.close(info_r)
+            self.proc.stdout.close()
+        if ready.strip() != b"ready":
+            raise RuntimeError(f"the sandbox did not get ready: {ready[:200]!r}; log: {self.log_tail()}")
+        lim = self.limits
+        rlimits = {"RLIMIT_AS": lim.memory_bytes, "RLIMIT_CPU": lim.cpu_seconds, "RLIMIT_CORE": 0,
+                   "RLIMIT_FSIZE": lim.file_bytes, "RLIMIT_NPROC": lim.processes}
+        env = self.environment()
+        # The zygote's environment is what every kernel's /proc/self/environ shows: the course's variables only.
+        zygote_env = {**{k: v for k, v in env.items() if k not in _PROTECTED_ONLY_IN_KERNEL},
+                      "HOME": str(Path.home()), "PYTHONPATH": str(_dlbook_dir().parent)}
+        get_zygote(zygote_env).spawn({
+            "holder": holder, "bwrap": self.proc.pid, "uid": self.uid, "log": str(self.run_dir / "kernel.log"),
+            "cwd": SANDBOX_WORK, "rlimits": rlimits, "env": env, "argv": self.kernel_args(),
+            "sys_path_prefix": env["PYTHONPATH"].split(os.pathsep),
+            "threads": int(env.get("OMP_NUM_THREADS", "1"))})
 
     def _check_running(self, deadline: float, timeout: float) -> None:
         if not self.alive():

@@ -1,4 +1,4 @@
-"""The course command line fails with messages that say what was expected."""
+"""Course operations (release, collect): what reaches learners, and failures that say what was expected."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pytest
 
 from autograder import course
 from autograder.__main__ import main
+from autograder.config import CHAPTER_PRIVATE_FILES, CHAPTERS_DIR
 
 
 def test_unknown_chapter(tmp_path, capsys) -> None:
@@ -43,3 +44,25 @@ def test_collect_copies_both_layouts(tmp_path) -> None:
     assert students == ["alice", "bob"]
     assert (tmp_path / "course" / "submitted" / "bob" / "01_backprop" / "a.ipynb").read_text() == "B"
     assert (subs / "bob" / "a.ipynb").read_text() == "B"
+
+
+@pytest.mark.slow
+def test_release_leaves_out_the_chapters_private_files(tmp_path) -> None:
+    """nbgrader copies a chapter's other files to learners (08's ddp_train.py), never its targets or bug."""
+    chapter = "08_scale"
+    assert {p.name for p in (CHAPTERS_DIR / chapter).iterdir()} >= {"ddp_train.py", *CHAPTER_PRIVATE_FILES}
+    [released] = course.release([chapter], tmp_path / "course", quiet=True)
+    names = {p.name for p in released.rglob("*")}
+    assert "ddp_train.py" in names, f"the release should hold the chapter's own files, it holds {sorted(names)}"
+    leaked = names & set(CHAPTER_PRIVATE_FILES)
+    assert not leaked, f"the student release of {chapter} holds {sorted(leaked)}: add them to CourseDirectory.ignore"
+
+
+def test_nbgrader_ignores_the_chapters_private_files_and_its_own_defaults(tmp_path) -> None:
+    from nbgrader.coursedir import CourseDirectory
+    from traitlets.config import Config
+
+    from autograder.config import configure
+
+    ignore = configure(Config(), tmp_path).CourseDirectory.ignore
+    assert set(ignore) >= {*CourseDirectory.ignore.default(), *CHAPTER_PRIVATE_FILES}, ignore

@@ -1,19 +1,15 @@
-"""dlbook.device: CUDA, then MPS, then CPU; DLBOOK_DEVICE overrides and never falls back silently.
+"""dlbook.devices (dlbook.device()): CUDA, then MPS, then CPU; DLBOOK_DEVICE overrides and never falls back silently.
 
 Availability is monkeypatched, so these tests mean the same on a laptop and on a GPU machine.
 """
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 
 import dlbook
-
-# `dlbook.device` is the function (re-exported by the package), so fetch the module explicitly.
-device_mod = importlib.import_module("dlbook.device")
+from dlbook import devices as device_mod
 
 
 @pytest.fixture
@@ -87,3 +83,8 @@ def test_describe_cpu(monkeypatch):
     monkeypatch.setenv("DLBOOK_DEVICE", "cpu")
     assert device_mod.describe().startswith("cpu (")
     assert device_mod.describe(torch.device("mps")) == "mps (Apple GPU)"
+
+
+def test_the_package_function_and_the_module_do_not_shadow_each_other() -> None:
+    assert dlbook.device is device_mod.device, "dlbook.device() should be dlbook.devices.device"
+    assert dlbook.devices.describe is device_mod.describe

@@ -1,0 +1,121 @@
+"""Where submissions are graded: a local process pool, or the workers of a Dask distributed scheduler.
+
+Both run the same function on a :class:`.task.GradeTask` and yield ``(student, GradedSubmission)`` or
+``(student, exception)`` as each submission finishes, whatever the order.
+
+Dask (``dask://HOST:PORT``): one task per submission, ``pure=False``, keyed by the batch and the student
+(so two batches, even of one chapter, never share a result). When a worker dies, the scheduler runs its
+tasks again on another worker; a task whose workers died more than ``distributed.scheduler.allowed-failures``
+times ends in ``KilledWorker``, which the batch reports as ``crashed``. The client receives one result per
+key, however many times a task ran, and the batch counts results by student: each submission once.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+
+from .task import GradedSubmission, GradeTask
+
+Outcome = tuple[str, GradedSubmission | BaseException]
+
+
+def dask_address(executor: str) -> str | None:
+    """The scheduler address of ``dask://HOST:PORT`` (as ``tcp://HOST:PORT``); None for ``local``."""
+    if executor == "local":
+        return None
+    if not executor.startswith("dask://") or not executor[len("dask://"):]:
+        raise ValueError(f"expected --executor local or dask://HOST:PORT, got {executor!r}")
+    return "tcp://" + executor[len("dask://"):]
+
+
+def _limit_worker(memory_bytes: int) -> None:
+    """Cap a grading worker's memory: what a learner's kernel sends it is bounded, and so is the worker."""
+    import resource
+
+    if memory_bytes:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+
+
+def _grade_local(grade_fn: Callable[[GradeTask], GradedSubmission], task: GradeTask) -> GradedSubmission:
+    graded = grade_fn(task)
+    graded.report["worker"] = f"local {socket.gethostname()} pid {os.getpid()}"
+    return graded
+
+
+def _grade_on_dask_worker(grade_fn: Callable[[GradeTask], GradedSubmission], task: GradeTask) -> GradedSubmission:
+    from distributed import get_worker
+
+    graded = grade_fn(task)
+    graded.report["worker"] = get_worker().address
+    return graded
+
+
+def run_local(grade_fn: Callable[[GradeTask], GradedSubmission], tasks: dict[str, GradeTask], workers: int,
+              memory_bytes: int) -> Iterator[Outcome]:
+    """Grade ``tasks`` in ``workers`` spawned processes, each capped at ``memory_bytes`` of address space."""
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_limit_worker,
+                             initargs=(memory_bytes,)) as pool:
+        futures = {pool.submit(_grade_local, grade_fn, task): student for student, task in tasks.items()}
+        try:
+            for fut in as_completed(futures):
+                try:
+                    yield futures[fut], fut.result()
+                except Exception as err:  # noqa: BLE001 - one failure never aborts the batch
+                    yield futures[fut], err
+        finally:  # stopped early (an error recording a result, Ctrl-C): start nothing more
+            for fut in futures:
+                fut.cancel()
+
+
+def run_dask(grade_fn: Callable[[GradeTask], GradedSubmission], tasks: dict[str, GradeTask],
+             address: str) -> Iterator[Outcome]:
+    """Grade ``tasks`` on the workers of the Dask scheduler at ``address`` (``tcp://HOST:PORT``)."""
+    from distributed import Client, as_completed
+
+    batch = secrets.token_hex(4)
+    try:
+        client = Client(address, timeout=60, set_as_default=False)
+    except OSError as err:  # distributed raises OSError (or TimeoutError, one) when no scheduler answers
+        raise ConnectionError(f"expected a Dask scheduler at {address}, got: {err}") from err
+    with client:
+        futures = {client.submit(_grade_on_dask_worker, grade_fn, task, pure=False,
+                                 key=f"grade-{task.assignment}-{student}-{batch}"): student
+                   for student, task in tasks.items()}
+        try:
+            for fut in as_completed(futures, loop=client.loop):
+                try:
+                    yield futures[fut], fut.result()
+                except Exception as err:  # noqa: BLE001 - KilledWorker (crashed) or a failure: never aborts
+                    yield futures[fut], err
+                fut.release()
+        finally:
+            client.cancel(list(futures))
+
+
+def worker_argv(scheduler: str, slots: int | None = None, memory_bytes: int = 4 << 30,
+                extra: list[str] = ()) -> list[str]:
+    """The ``dask worker`` command line of a grading host: ``slots`` processes (default: one per core),
+    one thread each (one submission at a time each), each with a memory limit of ``memory_bytes``."""
+    address = scheduler[len("dask://"):] if scheduler.startswith("dask://") else scheduler
+    return [sys.executable, "-m", "distributed.cli.dask_worker", address,
+            "--nworkers", str(slots or os.cpu_count() or 1), "--nthreads", "1",
+            "--memory-limit", str(memory_bytes), "--no-dashboard", *extra]
+
+
+def exec_worker(scheduler: str, slots: int | None = None, memory_bytes: int = 4 << 30,
+                worker_memory_bytes: int = 0, extra: list[str] = ()) -> None:
+    """Become a Dask grading worker (never returns): see :func:`worker_argv`.
+
+    ``worker_memory_bytes``: RLIMIT_AS of the worker processes, as the local pool's workers have it
+    (the learner's kernels set their own, lower one).
+    """
+    _limit_worker(worker_memory_bytes)
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **os.environ}  # one core per grading slot
+    argv = worker_argv(scheduler, slots, memory_bytes, extra)
+    os.execve(argv[0], argv, env)
