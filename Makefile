@@ -7,7 +7,7 @@ CHAPTER ?= 01_backprop
 SUBMISSIONS ?= submissions
 PORT ?= 8888
 
-.PHONY: help venv lab test test-quick bench gpu-check release autograde grade feedback grades formgrader classroom \
+.PHONY: help runtime venv lab test test-quick bench gpu-check release autograde grade feedback grades formgrader classroom \
 	classroom-deps lint clean
 
 help:
@@ -24,16 +24,25 @@ help:
 	@echo "make formgrader   instructor: JupyterLab with nbgrader's formgrader on the course directory"
 	@echo "make classroom [ROSTER=roster.csv] [EXCHANGE=/srv/nbgrader/exchange] [HUB_PORT=8000] [GRANT_TRAVERSE=1]   (root) JupyterHub for a class"
 
-# The virtual environment is (re)built whenever pyproject.toml changes.
+# The virtual environment is (re)built whenever pyproject.toml changes. Learners get the runtime
+# dependencies (make lab); the test suite adds the dev extra (pytest, ruff, playwright, jupyterhub).
+RUNTIME := $(VENV)/.dlbook-runtime-installed
+$(RUNTIME): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -e .
+	@touch $(RUNTIME)
+
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev]'
-	@touch $(STAMP)
+	@touch $(STAMP) $(RUNTIME)
+
+runtime: $(RUNTIME)
 
 venv: $(STAMP)
 
-lab: venv
-	@$(PY) -m autograder.lab --port $(PORT)
+lab: runtime
+	@$(PY) -m autograder lab --port $(PORT)
 
 test: venv
 	$(PY) -m pytest
@@ -41,27 +50,27 @@ test: venv
 test-quick: venv
 	$(PY) -m pytest -m "not slow"
 
-bench: venv
+bench: runtime
 	$(PY) -m autograder bench
 
-release: venv
+release: runtime
 	$(PY) -m autograder release
 
-autograde: venv
+autograde: runtime
 	$(PY) -m autograder autograde $(CHAPTER) $(SUBMISSIONS)
 
-grade: venv
+grade: runtime
 	$(PY) -m autograder grade $(CHAPTER) $(SUBMISSIONS) $(if $(WORKERS),--workers $(WORKERS)) $(if $(DB),--db $(DB)) \
 		$(if $(EXECUTOR),--executor $(EXECUTOR)) $(if $(REGRADE),--regrade)
 
-feedback: venv
+feedback: runtime
 	$(PY) -m autograder feedback $(CHAPTER)
 
-grades: venv
+grades: runtime
 	$(PY) -m autograder export --to build/grades.csv
 
-formgrader: venv
-	@$(PY) -m autograder.lab --instructor --port $(PORT)
+formgrader: runtime
+	@$(PY) -m autograder lab --instructor --port $(PORT)
 
 # The classroom hub: JupyterHub (the venv) and configurable-http-proxy (npm, pinned by its package-lock.json).
 CLASSROOM_NODE := autograder/classroom/node
@@ -78,7 +87,7 @@ classroom: classroom-deps
 	@$(PY) -m autograder classroom start --roster $(ROSTER) --exchange $(EXCHANGE) --port $(HUB_PORT) \
 		$(if $(GRANT_TRAVERSE),--grant-traverse)
 
-gpu-check: venv
+gpu-check: runtime
 	$(PY) -m autograder gpu-check
 
 lint: venv

@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 
 from . import course
-from .config import CHAPTERS_DIR, DEFAULT_COURSE_DIR, REPO_ROOT
+from .config import CHAPTERS_DIR, DEFAULT_COURSE_DIR, LEARNER_COURSE_DIR, REPO_ROOT
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m autograder", description=__doc__)
-    parser.add_argument("--course-dir", type=Path, default=DEFAULT_COURSE_DIR,
-                        help="nbgrader course directory (default: build/course)")
+    parser.add_argument("--course-dir", type=Path, default=None,
+                        help="nbgrader course directory (default: build/course; build/learner for lab and workspace)")
     parser.add_argument("--source-dir", type=Path, default=CHAPTERS_DIR,
                         help="source notebooks (default: chapters/)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -21,7 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("release", help="generate the student version of chapters")
     p.add_argument("chapters", nargs="*", help="chapter folders, e.g. 01_backprop (default: all)")
 
-    p = sub.add_parser("workspace", help="build or update the learner workspace, never overwriting")
+    p = sub.add_parser("lab", add_help=False,
+                       help="learners: build workspace/ and open JupyterLab on it (`lab --help` for more)")
+    p.add_argument("lab_args", nargs=argparse.REMAINDER, help="see `python -m autograder lab --help`")
+
+    p = sub.add_parser("workspace", help="build or update the learner workspace, never overwriting (Binder)")
     p.add_argument("--dest", type=Path, default=REPO_ROOT / "workspace")
 
     p = sub.add_parser("autograde", help="autograde a folder of submissions")
@@ -100,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("classroom_args", nargs=argparse.REMAINDER, help="see `python -m autograder classroom --help`")
 
     args, extra = parser.parse_known_args(argv)
+    if args.command == "lab":  # its options are its own (autograder/lab.py); its default course is its own too
+        from .lab import main as lab_main
+
+        given = ["--course-dir", str(args.course_dir)] if args.course_dir else []
+        return lab_main([*given, "--source-dir", str(args.source_dir), *extra, *args.lab_args])
+    args.course_dir = args.course_dir or (LEARNER_COURSE_DIR if args.command == "workspace" else DEFAULT_COURSE_DIR)
     if args.command == "classroom":  # its options are its own (autograder/classroom/__init__.py)
         from .classroom import main as classroom_main
 
@@ -116,10 +126,9 @@ def main(argv: list[str] | None = None) -> int:
             for path in course.release(args.chapters or None, course_dir, source_dir):
                 print(f"released {path}")
         elif args.command == "workspace":
-            from .workspace import sync_workspace
+            from .lab import prepare_workspace
 
-            course.release(None, course_dir, source_dir, quiet=True)
-            report = sync_workspace(course_dir / "release", args.dest)
+            report = prepare_workspace(args.dest, course_dir, source_dir)
             print(f"Workspace: {args.dest}")
             print(report.summary())
         elif args.command == "autograde":

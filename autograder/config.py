@@ -14,6 +14,9 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS_DIR = REPO_ROOT / "chapters"
 DEFAULT_COURSE_DIR = REPO_ROOT / "build" / "course"
+# The learner's own release (make lab, Binder): an nbgrader course directory apart from the instructor's,
+# so starting JupyterLab never writes the instructor's gradebook.
+LEARNER_COURSE_DIR = REPO_ROOT / "build" / "learner"
 
 # Seconds one cell may run while autograding: long enough for a chapter's full-settings training.
 CELL_TIMEOUT = 600

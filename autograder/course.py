@@ -67,19 +67,60 @@ def run_nbgrader(
     return log
 
 
+RELEASE_STAMPS = ".dlbook-release"  # COURSE_DIR/.dlbook-release/<chapter>.sha256: what each release was made from
+
+
+def source_fingerprint(chapter: str, source_dir: Path = CHAPTERS_DIR) -> str:
+    """SHA-256 of everything a chapter's release is made from: its files (those nbgrader copies), the
+    release settings (``autograder/config.py``, the preprocessors) and nbgrader's version."""
+    import fnmatch
+    import hashlib
+
+    import nbgrader
+
+    from . import config, preprocessors
+
+    ignored = ["*.ipynb_checkpoints*", "*__pycache__*", "*.pyc", "feedback", *config.CHAPTER_PRIVATE_FILES]
+    h = hashlib.sha256(f"nbgrader {nbgrader.__version__}\0".encode())
+    for module in (config, preprocessors):
+        h.update(Path(module.__file__).read_bytes())
+    folder = Path(source_dir) / chapter
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if any(fnmatch.fnmatch(part, pattern) for part in rel.split("/") for pattern in ignored):
+            continue
+        h.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
 def release(
     chapters: list[str] | None = None,
     course_dir: Path = DEFAULT_COURSE_DIR,
     source_dir: Path = CHAPTERS_DIR,
     quiet: bool = False,
+    only_changed: bool = False,
 ) -> list[Path]:
-    """Generate the student versions of ``chapters`` (default: all); return their release folders."""
+    """Generate the student versions of ``chapters`` (default: all); return their release folders.
+
+    ``only_changed``: skip a chapter whose release was made from the same sources (:func:`source_fingerprint`)
+    and is still there; ``make lab`` and Binder start in seconds when nothing changed.
+    """
     chapters = chapters or list_chapters(source_dir)
     out = []
     for chapter in chapters:
         _check_chapter(chapter, source_dir)
-        run_nbgrader(course_dir, "generate_assignment", chapter, "--force", source_dir=source_dir, quiet=quiet)
-        out.append(course_dir / "release" / chapter)
+        released = course_dir / "release" / chapter
+        stamp = course_dir / RELEASE_STAMPS / f"{chapter}.sha256"
+        fingerprint = source_fingerprint(chapter, source_dir)
+        unchanged = stamp.is_file() and stamp.read_text().strip() == fingerprint and any(released.glob("*.ipynb"))
+        if not (only_changed and unchanged):
+            stamp.unlink(missing_ok=True)  # no stamp for a release that is being replaced
+            run_nbgrader(course_dir, "generate_assignment", chapter, "--force", source_dir=source_dir, quiet=quiet)
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            tmp = stamp.with_suffix(".tmp")
+            tmp.write_text(fingerprint + "\n")
+            tmp.replace(stamp)  # atomic: a stamp is whole or absent
+        out.append(released)
     return out
 
 

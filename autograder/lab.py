@@ -1,10 +1,12 @@
 """``make lab``: build the learner workspace, then run JupyterLab on it and say where to open it.
 
-``python -m autograder.lab [--port 8888] [--dest workspace]``; with ``--instructor`` (``make
+``python -m autograder lab [--port 8888] [--dest workspace]``; with ``--instructor`` (``make
 formgrader``) it releases every chapter and serves the nbgrader course directory instead, opening on
 nbgrader's formgrader.
 
-- The workspace is synced first (new notebooks copied in, nothing ever overwritten).
+- The workspace is synced first (new notebooks copied in, nothing ever overwritten), from the learner's
+  own release (``build/learner``, not the instructor's course), regenerated only for chapters whose
+  sources changed.
 - If a JupyterLab server is already running on this workspace, its URL is printed and nothing new
   is started (a second ``make lab`` says so instead of failing on a busy port).
 - The server listens on 127.0.0.1 with a fresh random token; the URL printed includes it.
@@ -22,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import CHAPTERS_DIR, DEFAULT_COURSE_DIR, REPO_ROOT
+from .config import CHAPTERS_DIR, DEFAULT_COURSE_DIR, LEARNER_COURSE_DIR, REPO_ROOT
 
 
 def running_servers(root: Path) -> list[dict]:
@@ -82,16 +84,30 @@ def lab_command(dest: Path, port: int, token: str) -> list[str]:
     return cmd
 
 
+def prepare_workspace(dest: Path, course_dir: Path = LEARNER_COURSE_DIR, source_dir: Path = CHAPTERS_DIR):
+    """Release the chapters whose sources changed, then copy what is new into ``dest`` (never overwriting).
+
+    Return the :class:`~autograder.workspace.SyncReport`. ``make lab``, ``python -m autograder workspace``
+    and Binder's postBuild all build the learner's workspace this way.
+    """
+    from . import course
+    from .workspace import sync_workspace
+
+    course.release(None, course_dir, source_dir, quiet=True, only_changed=True)
+    return sync_workspace(course_dir / "release", dest)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m autograder.lab", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m autograder lab", description=__doc__.splitlines()[0])
     parser.add_argument("--dest", type=Path, default=REPO_ROOT / "workspace")
     parser.add_argument("--port", type=int, default=8888)
-    parser.add_argument("--course-dir", type=Path, default=DEFAULT_COURSE_DIR)
+    parser.add_argument("--course-dir", type=Path, default=None,
+                        help="nbgrader course directory (default: build/learner, or build/course with --instructor)")
     parser.add_argument("--source-dir", type=Path, default=CHAPTERS_DIR)
     parser.add_argument("--instructor", action="store_true",
                         help="serve the course directory with nbgrader's formgrader instead of the workspace")
     args = parser.parse_args(argv)
-    course_dir = args.course_dir.resolve()
+    course_dir = (args.course_dir or (DEFAULT_COURSE_DIR if args.instructor else LEARNER_COURSE_DIR)).resolve()
     dest = course_dir if args.instructor else args.dest.resolve()
     page = "formgrader" if args.instructor else "lab"
 
@@ -102,19 +118,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from . import course
-    from .workspace import sync_workspace
 
     try:
-        course.release(None, course_dir, args.source_dir.resolve(), quiet=True)
+        if args.instructor:
+            course.release(None, course_dir, args.source_dir.resolve(), quiet=True, only_changed=True)
+            print(f"Course directory: {course_dir} (student versions in release/)")
+        else:
+            report = prepare_workspace(dest, course_dir, args.source_dir.resolve())
+            print(f"Workspace: {dest}")
+            print(report.summary())
     except course.CourseError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.instructor:
-        print(f"Course directory: {course_dir} (student versions in release/)")
-    else:
-        report = sync_workspace(course_dir / "release", dest)
-        print(f"Workspace: {dest}")
-        print(report.summary())
 
     if not port_is_free(args.port):
         print(f"error: port {args.port} on 127.0.0.1 is in use by another program; "

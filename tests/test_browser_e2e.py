@@ -1,6 +1,6 @@
 """The course as learners and instructors see it: JupyterLab, widgets and nbgrader in real Chromium.
 
-A JupyterLab server is started the way ``make lab`` starts it (``python -m autograder.lab``, loopback,
+A JupyterLab server is started the way ``make lab`` starts it (``python -m autograder lab``, loopback,
 token) on a fresh workspace, and Debian's Chromium is driven with Playwright (no browser download):
 
 1. the chapter list opens; the chapter's student notebook opens with the course kernel;
@@ -67,7 +67,7 @@ E2E_CHAPTERS = sorted({WIDGET_CHAPTERS[0], WIDGET_CHAPTERS[-1]}) if WIDGET_CHAPT
 
 
 class Server:
-    """``python -m autograder.lab`` in the background; ``url`` has the token; stopped by ``stop()``."""
+    """``python -m autograder lab`` in the background; ``url`` has the token; stopped by ``stop()``."""
 
     def __init__(self, args: list[str], log: Path) -> None:
         self.port = free_port()
@@ -80,7 +80,7 @@ class Server:
         env.pop("MPLBACKEND", None)  # the kernel shows plots inline
         with log.open("w") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "autograder.lab", "--port", str(self.port), *args],
+                [sys.executable, "-m", "autograder", "lab", "--port", str(self.port), *args],
                 stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
         deadline = time.monotonic() + 600  # releasing every chapter first takes a while
         while True:

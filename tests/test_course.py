@@ -66,3 +66,31 @@ def test_nbgrader_ignores_the_chapters_private_files_and_its_own_defaults(tmp_pa
 
     ignore = configure(Config(), tmp_path).CourseDirectory.ignore
     assert set(ignore) >= {*CourseDirectory.ignore.default(), *CHAPTER_PRIVATE_FILES}, ignore
+
+
+@pytest.mark.slow
+def test_only_changed_chapters_are_released_again(tmp_path) -> None:
+    import json
+    import shutil
+
+    source = tmp_path / "chapters"
+    shutil.copytree(CHAPTERS_DIR / "01_backprop", source / "01_backprop")
+    course_dir = tmp_path / "course"
+
+    def release_times() -> dict:
+        course.release(None, course_dir, source, quiet=True, only_changed=True)
+        return {p.name: p.stat().st_mtime_ns for p in (course_dir / "release" / "01_backprop").glob("*.ipynb")}
+
+    first = release_times()
+    assert first and release_times() == first, "nothing changed: nothing is released again"
+    (source / "01_backprop" / "targets.json").write_text("{}")  # a private file is not part of the release
+    assert release_times() == first
+    nb_path = source / "01_backprop" / sorted(first)[0]
+    nb = json.loads(nb_path.read_text())
+    nb["cells"][0]["source"] = ["# A new title\n"]
+    nb_path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    third = release_times()
+    assert third != first, "a changed source notebook is released again"
+    assert "# A new title" in (course_dir / "release" / "01_backprop" / nb_path.name).read_text()
+    shutil.rmtree(course_dir / "release" / "01_backprop")  # a release that is gone is made again
+    assert release_times().keys() == first.keys()

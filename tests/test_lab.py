@@ -40,7 +40,7 @@ def test_lab_command_listens_on_loopback_with_token() -> None:
 def test_lab_serves_the_workspace_refuses_a_second_server_and_stops_on_ctrl_c(tmp_path) -> None:
     port = free_port()
     dest = tmp_path / "workspace"
-    base = [sys.executable, "-m", "autograder.lab", "--dest", str(dest), "--port", str(port),
+    base = [sys.executable, "-m", "autograder", "lab", "--dest", str(dest), "--port", str(port),
             "--course-dir", str(tmp_path / "course")]
     log = tmp_path / "lab.log"
     with log.open("w") as out:

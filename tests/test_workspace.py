@@ -96,9 +96,12 @@ def test_workspace_command_builds_from_real_release(tmp_path) -> None:
     assert first.returncode == 0, first.stderr[-2000:]
     notebooks = sorted((tmp_path / "ws").glob("*/*.ipynb"))
     assert notebooks, first.stdout
+    released = sorted((tmp_path / "course" / "release").glob("*/*.ipynb"))
+    made = {p: p.stat().st_mtime_ns for p in released}
     notebooks[0].write_text(notebooks[0].read_text().replace("raise NotImplementedError()", "return 42", 1))
     edited = notebooks[0].read_text()
     second = subprocess.run(cmd, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-2000:]
     assert notebooks[0].read_text() == edited
     assert "nothing overwritten" in second.stdout, "an unchanged release must not produce copies"
+    assert {p: p.stat().st_mtime_ns for p in released} == made, "unchanged chapters must not be released again"
