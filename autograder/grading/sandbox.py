@@ -624,12 +624,15 @@ class Kernel:
         finally:
             os.close(info_w)
         try:
-            ready, info = b"", b""
+            ready, info, waiting = b"", b"", [self.proc.stdout, info_r]
             while b"\n" not in ready:  # the placeholder prints "ready" once /grade is filled
                 self._check_running(deadline, timeout)
-                for fd in select.select([self.proc.stdout, info_r], [], [], 0.2)[0]:
+                for fd in select.select(waiting, [], [], 0.2)[0]:
                     if fd is info_r:
-                        info += os.read(info_r, 4096)
+                        chunk = os.read(info_r, 4096)
+                        info += chunk
+                        if not chunk:  # bubblewrap is done with it (or gone): stop watching it
+                            waiting.remove(info_r)
                     else:
                         ready += os.read(self.proc.stdout.fileno(), 64) or b"\n"
             while True:  # bubblewrap has written the sandbox's pid before it ran the placeholder
@@ -637,9 +640,12 @@ class Kernel:
                     holder = int(json.loads(info)["child-pid"])
                     break
                 except (ValueError, KeyError):
-                    if not select.select([info_r], [], [], 1.0)[0]:
-                        raise RuntimeError(f"bubblewrap did not say the sandbox's pid: {info[:200]!r}") from None
-                    info += os.read(info_r, 4096)
+                    chunk = os.read(info_r, 4096) if info_r in waiting and select.select([info_r], [], [], 1.0)[0] \
+                        else b""
+                    if not chunk:
+                        raise RuntimeError(f"bubblewrap did not say the sandbox's pid: {info[:200]!r}; "
+                                           f"log: {self.log_tail()}") from None
+                    info += chunk
         finally:
             os.close(info_r)
             self.proc.stdout.close()
