@@ -58,6 +58,14 @@ def make_submissions(chapter: str, course_dir: Path, dest: Path, n: int) -> list
     return students
 
 
+def _merge_into(out: Path, **values) -> None:
+    """Add ``values`` to the benchmark file ``out``, keeping what the notebook benchmark wrote there."""
+    data = json.loads(out.read_text()) if out.exists() else {}
+    data.update(values)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2))
+
+
 def run_grading_bench(out: Path, n: int = 20, chapter: str = "01_backprop", workers: int | None = None) -> bool:
     """Time both graders on ``n`` submissions, merge the numbers into ``out``; return True if the target holds."""
     from . import course
@@ -93,11 +101,8 @@ def run_grading_bench(out: Path, n: int = 20, chapter: str = "01_backprop", work
              "ok": speedup >= SPEEDUP_TARGET and plain == ours}
     print(f"bench grading: grade ({workers} workers): {grade_seconds:.1f} s; speedup {speedup:.2f}x, "
           f"{entry['submissions_per_minute']} submissions/min, same points: {plain == ours}", flush=True)
-    data = json.loads(out.read_text()) if out.exists() else {}
-    data.update(grading=entry, grading_speedup=entry["grading_speedup"],
+    _merge_into(out, grading=entry, grading_speedup=entry["grading_speedup"],
                 submissions_per_minute=entry["submissions_per_minute"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=2))
     return bool(entry["ok"])
 
 
@@ -190,9 +195,6 @@ def run_dask_bench(out: Path, n: int = 12, chapter: str = "01_backprop") -> bool
              "ok": speedup >= DASK_SPEEDUP_TARGET and overhead <= DASK_OVERHEAD_TARGET and same}
     print(f"bench dask: speedup 2 workers {speedup:.2f} (target >= {DASK_SPEEDUP_TARGET}), overhead 1 worker "
           f"{overhead:.3f} (target <= {DASK_OVERHEAD_TARGET}), same points: {same}", flush=True)
-    data = json.loads(out.read_text()) if out.exists() else {}
-    data.update(grading_dask=entry, dask_speedup_2_workers=entry["dask_speedup_2_workers"],
+    _merge_into(out, grading_dask=entry, dask_speedup_2_workers=entry["dask_speedup_2_workers"],
                 dask_overhead_1_worker=entry["dask_overhead_1_worker"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=2))
     return bool(entry["ok"])

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -183,12 +182,6 @@ def check_autocast(dev: torch.device) -> dict:
             "device_seconds": _timed(lambda: step(True)), "fp32_seconds": _timed(lambda: step(False))}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_rank(rank: int, world: int, port: int, device_type: str, out: str) -> None:
     """One rank of the DDP check: a shard of a fixed batch, one backward, the averaged gradient saved."""
     import torch.distributed as dist
@@ -224,6 +217,8 @@ def check_ddp(dev: torch.device) -> dict:
     import torch.multiprocessing as mp
     import torch.nn as nn
 
+    from dlbook.distributed import free_port
+
     world = torch.cuda.device_count() if dev.type == "cuda" else 2
     backend = "nccl" if dev.type == "cuda" else "gloo"
     torch.manual_seed(0)
@@ -235,7 +230,7 @@ def check_ddp(dev: torch.device) -> dict:
         torch.save((x, y, model.state_dict()), Path(tmp) / "batch.pt")
         for attempt in range(3):  # another process may take the free port before rank 0 binds it
             try:
-                mp.start_processes(_ddp_rank, args=(world, _free_port(), dev.type, tmp), nprocs=world, join=True,
+                mp.start_processes(_ddp_rank, args=(world, free_port(), dev.type, tmp), nprocs=world, join=True,
                                    start_method="spawn")
                 break
             except Exception as err:  # noqa: BLE001 - reported as a failed check

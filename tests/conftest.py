@@ -125,3 +125,15 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def pg():
+    """A throwaway PostgreSQL 15 cluster on 127.0.0.1 (tests/servers.py), stopped after the module's tests."""
+    from .servers import Postgres
+
+    server = Postgres()
+    try:
+        yield server
+    finally:
+        server.stop()

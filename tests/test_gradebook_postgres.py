@@ -45,15 +45,6 @@ def _grade_all(url: str, chapter: str, barrier) -> None:
 
 
 @pytest.fixture(scope="module")
-def pg():
-    server = Postgres()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def two_chapters(pg) -> str:
     """Two processes, one chapter each, the same students, a fresh database: schema and rows at once."""
     url = pg.create_database("two")

@@ -113,15 +113,6 @@ def setup(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def pg():
-    server = Postgres()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def cluster():
     dask = DaskCluster(workers=2, slots=1, allowed_failures=1)
     try:
