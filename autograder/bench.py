@@ -2,8 +2,13 @@
 
 Writes ``build/bench.json``::
 
-    {"notebooks": [{"path": "chapters/01_backprop/2_....ipynb", "seconds": 41.2,
-                    "metrics": {"test_accuracy": 0.975, ...}, "targets": {...}, "ok": true}]}
+    {"notebooks": [{"path": "chapters/01_backprop/2_....ipynb", "seconds": 41.2, "peak_rss_mb": 812.4,
+                    "children_peak_rss_mb": 0.0, "metrics": {"test_accuracy": 0.975, ...},
+                    "targets": {...}, "ok": true}]}
+
+``peak_rss_mb`` is the kernel's peak resident memory and ``children_peak_rss_mb`` the largest of its
+child processes' (torchrun workers); at full settings the larger of the two must stay <= 1,500 MiB
+(Binder's session has about 2 GB).
 """
 
 from __future__ import annotations
@@ -11,9 +16,11 @@ from __future__ import annotations
 import json
 import operator
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from .config import CHAPTERS_DIR, REPO_ROOT
 
@@ -124,12 +131,32 @@ def kernel_env(metrics_file: Path, fast: bool, base: dict[str, str] | None = Non
     return env
 
 
-def execute_notebook(path: Path, fast: bool, timeout: int = 900) -> tuple[float, dict[str, float], object]:
-    """Execute a notebook top to bottom in its own folder; return (seconds, metrics, executed notebook).
+# Appended to the executed copy of a notebook (and taken out again): the kernel's peak resident memory,
+# and the largest of its finished children's (torchrun workers, DataLoader workers), in MiB. Linux
+# gives ru_maxrss in KiB (macOS in bytes).
+_MEMORY_CELL = """\
+import resource as _r, sys as _s
+_k = 1 if _s.platform == "darwin" else 1024
+print("[dlbook memory]", _r.getrusage(_r.RUSAGE_SELF).ru_maxrss * _k, _r.getrusage(_r.RUSAGE_CHILDREN).ru_maxrss * _k)
+"""
+MEMORY_LIMIT_MB = 1500  # Binder gives a session about 2 GB; every notebook stays under this at full settings
+
+
+class Executed(NamedTuple):
+    seconds: float
+    metrics: dict[str, float]
+    notebook: object
+    peak_rss_mb: float  # the kernel's own peak
+    children_peak_rss_mb: float  # the largest peak of a child process the kernel waited for (0 when none)
+
+
+def execute_notebook(path: Path, fast: bool, timeout: int = 900) -> Executed:
+    """Execute a notebook top to bottom in its own folder; return its time, metrics, executed copy and memory.
 
     The kernel gets its settings in its own environment (:func:`kernel_env`); this process's is not
     changed. Raises ``nbclient.exceptions.CellExecutionError`` when a cell fails. The notebook file
-    itself is only read.
+    itself is only read. The time excludes the cell that reads the memory figures, which is run last
+    and removed from the executed copy.
     """
     import nbclient
     import nbformat
@@ -137,6 +164,7 @@ def execute_notebook(path: Path, fast: bool, timeout: int = 900) -> tuple[float,
     from dlbook.metrics import read_metrics
 
     nb = nbformat.read(path, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(_MEMORY_CELL))
     with tempfile.TemporaryDirectory() as tmp:
         metrics_file = Path(tmp) / "metrics.json"
         client = nbclient.NotebookClient(
@@ -147,7 +175,27 @@ def execute_notebook(path: Path, fast: bool, timeout: int = 900) -> tuple[float,
         client.execute(env=kernel_env(metrics_file, fast))  # passed on to the kernel manager's start_kernel
         seconds = time.perf_counter() - start
         metrics = read_metrics(metrics_file)
-    return seconds, metrics, nb
+    memory_cell = nb.cells.pop()
+    seconds -= _cell_seconds(memory_cell)
+    text = "".join(o.get("text", "") for o in memory_cell.outputs if o.output_type == "stream")
+    found = re.search(r"\[dlbook memory\] (\d+) (\d+)", text)
+    if not found:
+        raise RuntimeError(f"{path.name}: the kernel did not report its memory; its last cell printed {text[-300:]!r}")
+    own, children = (int(v) / 2**20 for v in found.groups())
+    return Executed(seconds, metrics, nb, round(own, 1), round(children, 1))
+
+
+def _cell_seconds(cell) -> float:
+    """Seconds a cell took, from the timing nbclient records (0 when it did not record it)."""
+    from datetime import datetime
+
+    timing = cell.get("metadata", {}).get("execution", {})
+    try:
+        begin = datetime.fromisoformat(timing["iopub.execute_input"].replace("Z", "+00:00"))
+        end = datetime.fromisoformat(timing["shell.execute_reply"].replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        return 0.0
+    return max(0.0, (end - begin).total_seconds())
 
 
 def check_targets(rel_path: str, seconds: float, metrics: dict[str, float]) -> dict[str, dict]:
@@ -168,19 +216,25 @@ def run_bench(out: Path, notebooks: list[Path] | None = None, fast: bool = False
     for path in notebooks:
         rel = path.resolve().relative_to(REPO_ROOT).as_posix()
         print(f"bench: {rel} ...", flush=True)
+        memory: dict[str, float] = {}
         try:
-            seconds, metrics, _ = execute_notebook(path.resolve(), fast=fast)
-            error = None
+            run = execute_notebook(path.resolve(), fast=fast)
+            seconds, metrics, error = run.seconds, run.metrics, None
+            memory = {"peak_rss_mb": run.peak_rss_mb, "children_peak_rss_mb": run.children_peak_rss_mb}
         except Exception as err:  # noqa: BLE001 - a failing notebook is reported, the rest still run
             seconds, metrics, error = float("nan"), {}, f"{type(err).__name__}: {str(err)[-2000:]}"
         targets = check_targets(rel, seconds, metrics)
+        if memory and not fast:  # every notebook, whatever its targets.json says
+            peak = max(memory.values())
+            targets["peak_rss_mb"] = {"value": peak, "target": f"<= {MEMORY_LIMIT_MB}", "ok": peak <= MEMORY_LIMIT_MB}
         ok = error is None and all(t["ok"] for t in targets.values())
         all_ok &= ok
-        entries.append({"path": rel, "seconds": round(seconds, 2), "metrics": metrics,
+        entries.append({"path": rel, "seconds": round(seconds, 2), **memory, "metrics": metrics,
                         "targets": targets, "ok": ok, **({"error": error} if error else {})})
         status = "ok" if ok else "MISSED"
         shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-        print(f"bench: {rel}: {seconds:.1f} s  {shown}  [{status}]", flush=True)
+        rss = f"  peak {memory['peak_rss_mb']:.0f} MiB" if memory else ""
+        print(f"bench: {rel}: {seconds:.1f} s{rss}  {shown}  [{status}]", flush=True)
         for name, t in targets.items():
             if not t["ok"]:
                 print(f"  target missed: {name} = {t['value']} (want {t['target']})", flush=True)

@@ -7,6 +7,9 @@ failure says what was expected: the shape, the dtype, or the largest error and w
 
 from __future__ import annotations
 
+import ast
+import inspect
+import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -199,6 +202,89 @@ def forbidden(exercise: str, *targets: tuple[Any, str],
                 delattr(owner, attr)
             else:
                 setattr(owner, attr, original)
+
+
+def _parse_code(source: str) -> ast.AST | None:
+    """The AST of notebook code, IPython magics (``%...``, ``!...``) blanked; None if it is not Python."""
+    lines = ["" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines()]
+    try:
+        return ast.parse("\n".join(lines))
+    except SyntaxError:
+        return None
+
+
+def _spelled(node: ast.AST) -> str:
+    """``scipy.special.log_softmax`` for an attribute chain, ``(...).log_softmax`` for one on an expression."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_spelled(node.value)}.{node.attr}"
+    return "(...)"
+
+
+def rebuilt_ops_used(source: str, ops: Sequence[str]) -> list[str]:
+    """Where the code ``source`` reaches one of ``ops`` in any spelling; ``[]`` when it does not.
+
+    An answer that rebuilds an op may not call that op. Counted, for an op ``log_softmax``: an
+    attribute of anything (``F.log_softmax``, ``z.log_softmax()``, ``scipy.special.log_softmax``), an
+    import (``from torch.nn.functional import log_softmax as ls``), a string that is the name
+    (``getattr(F, "log_softmax")``), the bare name when the code does not define it itself (a
+    function another cell defined, e.g. another exercise's answer), and any ``import *``. Defining a
+    function of that name is fine. An op written with a leading dot (``".log_softmax"``) counts only as an attribute,
+    an import or a string: the learner's own function of that name may be called. Computed names
+    (``getattr(F, "log_" + "softmax")``) are not seen here; the grader flags them as dynamic code,
+    and hidden tests still block the op at run time.
+    """
+    tree = _parse_code(source)
+    if tree is None:
+        return []
+    anywhere = {op.lstrip(".") for op in ops}
+    bare = {op for op in ops if not op.startswith(".")}
+    defined = set()  # names the code binds itself (its own functions, variables, arguments), not by import
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, ast.arg):
+            defined.add(node.arg)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            defined.add(node.id)
+    found = []
+    for node in ast.walk(tree):
+        line = getattr(node, "lineno", 0)
+        if isinstance(node, ast.Attribute) and node.attr in anywhere:
+            found.append((line, _spelled(node)))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            where = f"from {node.module} " if isinstance(node, ast.ImportFrom) else ""
+            for alias in node.names:
+                # a star import brings names the check cannot see, so it counts too
+                if alias.name == "*" or alias.name.split(".")[-1] in anywhere or (alias.asname or "") in bare:
+                    renamed = f" as {alias.asname}" if alias.asname else ""
+                    found.append((line, f"{where}import {alias.name}{renamed}"))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in anywhere:
+            found.append((line, repr(node.value)))
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in bare \
+                and node.id not in defined:
+            found.append((line, node.id))
+    return [f"{what} (line {line})" for line, what in sorted(set(found))]
+
+
+def rebuilds(exercise: str, function: Any, *ops: str) -> None:
+    """Visible check: fail when the learner's ``function`` uses one of ``ops``, the ops the exercise rebuilds.
+
+    The static check of :func:`rebuilt_ops_used` on the function's source. The grader runs the same
+    check on the submitted cell itself (where the function is only a stand-in, this returns quietly).
+    """
+    if not inspect.isfunction(function):
+        return
+    try:
+        source = textwrap.dedent(inspect.getsource(function))
+    except (OSError, TypeError):
+        return
+    used = rebuilt_ops_used(source, ops)
+    if used:
+        names = ", ".join(op.lstrip(".") for op in ops)
+        raise CheckFailure(f"{exercise}: your answer uses {used[0]}; this exercise rebuilds {names}, so the answer "
+                           f"may not call {'it' if len(ops) == 1 else 'them'} in any spelling")
 
 
 def random_inputs(seed: int, *shapes: Sequence[int], scale: float = 1.0) -> list[np.ndarray]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import runpy
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import nbformat
 import pytest
@@ -30,13 +32,25 @@ if os.environ.get("DLBOOK_CHAPTERS"):
     CHAPTERS = [c for c in CHAPTERS if c in _wanted]
 NOTEBOOKS = sorted(p for c in CHAPTERS for p in (CHAPTERS_DIR / c).glob("*.ipynb"))
 
-# One deliberate bug per chapter, in chapters/NN_slug/bugs.py: SOLUTION_ID (the grade_id of a
-# solution cell), CODE (appended to that cell; it wraps the correct function, so it does not depend on
-# how the solution is written) and LOSES (the graded cells that must lose their points).
-BUGS: dict[str, tuple[str, str, set[str]]] = {}
+# Deliberate bugs, in chapters/NN_slug/bugs.py: a list BUGS of {"solution_id" (the grade_id of a
+# solution cell), "code" (appended to that cell; it wraps the correct function, so it does not depend
+# on how the solution is written), "loses" (the graded cells that must lose their points)}. carol hands
+# in the solutions with every bug of her chapter, and only the notebooks that hold one.
+class Bug(NamedTuple):
+    solution_id: str
+    code: str
+    loses: frozenset[str]
+
+
+BUGS: dict[str, list[Bug]] = {}
 for _path in sorted(CHAPTERS_DIR.glob("*/bugs.py")):
-    _bug = runpy.run_path(str(_path))
-    BUGS[_path.parent.name] = (_bug["SOLUTION_ID"], _bug["CODE"], set(_bug["LOSES"]))
+    BUGS[_path.parent.name] = [Bug(b["solution_id"], b["code"], frozenset(b["loses"]))
+                               for b in runpy.run_path(str(_path))["BUGS"]]
+
+
+def bug_loses(chapter: str) -> set[str]:
+    """The graded cells that carol's bugs must cost her, all of them."""
+    return {g for bug in BUGS.get(chapter, []) for g in bug.loses}
 
 
 def nbgrader_meta(cell: nbformat.NotebookNode) -> dict:
@@ -74,7 +88,7 @@ def _grade_chapter(chapter: str, root: Path) -> tuple[Path, dict[Path, str], dic
     Each chapter is graded twice: by nbgrader (``autograde``, tests in the kernel) and by the
     confined grader (``grade``, tests in the judge); both must agree.
 
-    carol hands in only the notebook that holds the bug (her other notebooks would be alice's), which
+    carol hands in only the notebooks that hold a bug (her other notebooks would be alice's), which
     keeps the test suite's time down.
     """
     course_dir = root / "course" / chapter
@@ -85,9 +99,9 @@ def _grade_chapter(chapter: str, root: Path) -> tuple[Path, dict[Path, str], dic
         source_nb = nbformat.read(src, as_version=4)
         learners = {"alice": fill_solutions(student_nb, source_nb), "bob": student_nb}
         ids = {nbgrader_meta(c).get("grade_id") for c in source_nb.cells}
-        if chapter in BUGS and BUGS[chapter][0] in ids:
-            grade_id, code, _ = BUGS[chapter]
-            learners["carol"] = fill_solutions(student_nb, source_nb, {grade_id: code})
+        bugs = {bug.solution_id: bug.code for bug in BUGS.get(chapter, []) if bug.solution_id in ids}
+        if bugs:
+            learners["carol"] = fill_solutions(student_nb, source_nb, bugs)
         for student, nb in learners.items():
             dest = subs / student / chapter / src.name
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -100,25 +114,91 @@ def _grade_chapter(chapter: str, root: Path) -> tuple[Path, dict[Path, str], dic
                                                                       "scores": _judge_scores(batch.reports)}
 
 
+class _ChapterGrading:
+    """Grades the chapters (:func:`_grade_chapter`) in threads that take them from a queue, longest first.
+
+    One thread starts with the session, so the chapters are graded while the tests that do not need
+    them run (most of those wait on servers, browsers and subprocesses, not on the CPU); the
+    ``graded`` fixture adds threads up to one per core and waits. Stopping lets the running chapters
+    finish (their kernels and servers are shut down by the code that started them) and starts no new one.
+    """
+
+    def __init__(self, root: Path, chapters: list[str]) -> None:
+        self.root = root
+        self.todo: queue.Queue[str] = queue.Queue()
+        # the longest first (estimated by the number of notebooks), so no long chapter starts last
+        for chapter in sorted(chapters, key=lambda c: -len(list((CHAPTERS_DIR / c).glob("*.ipynb")))):
+            self.todo.put(chapter)
+        self.results: dict[str, tuple] = {}
+        self.errors: dict[str, BaseException] = {}
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def add_threads(self, total: int) -> None:
+        while len(self.threads) < total:
+            thread = threading.Thread(target=self._work, name=f"grading-{len(self.threads)}")
+            thread.start()
+            self.threads.append(thread)
+
+    def _work(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                chapter = self.todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self.results[chapter] = _grade_chapter(chapter, self.root)
+            except BaseException as err:  # noqa: BLE001 - reported by the graded fixture
+                self.errors[chapter] = err
+
+    def wait(self) -> None:
+        for thread in self.threads:
+            thread.join()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the modules that use ``graded`` last, so the chapters are graded while everything else runs."""
+    uses = {item.module.__name__ for item in items if "graded" in getattr(item, "fixturenames", ())
+            and getattr(item, "module", None) is not None}
+    items.sort(key=lambda item: getattr(getattr(item, "module", None), "__name__", "") in uses)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _chapter_grading(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Start grading the chapters with the session's first test, if any test of the session needs them."""
+    if not any("graded" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        yield None
+        return
+    grading = _ChapterGrading(tmp_path_factory.mktemp("course"), CHAPTERS)
+    grading.add_threads(1)
+    try:
+        yield grading
+    finally:
+        grading.stopping.set()
+        grading.wait()
+
+
 @pytest.fixture(scope="session")
-def graded(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def graded(_chapter_grading: _ChapterGrading) -> dict:
     """Release every chapter, autograde three learners per chapter, return the courses and scores.
 
     alice submits the instructor's solutions, bob the untouched student release, carol the
-    solutions with the chapter's deliberate bug. Each chapter is its own nbgrader course directory
+    solutions with the chapter's deliberate bugs. Each chapter is its own nbgrader course directory
     (its own gradebook), so chapters are graded in parallel, one per core.
     """
-    root = tmp_path_factory.mktemp("course")
+    grading = _chapter_grading
+    grading.add_threads(max(1, min(len(CHAPTERS), os.cpu_count() or 1)))
+    grading.wait()
+    if grading.errors:
+        chapter, err = next(iter(grading.errors.items()))
+        raise RuntimeError(f"grading {sorted(grading.errors)} failed; {chapter}: {type(err).__name__}: {err}") from err
     result: dict = {"course_dirs": {}, "hashes": {}, "scores": {}, "judge": {}}
-    workers = max(1, min(len(CHAPTERS), os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {chapter: pool.submit(_grade_chapter, chapter, root) for chapter in CHAPTERS}
-        for chapter, future in futures.items():
-            course_dir, hashes, scores, judged = future.result()
-            result["course_dirs"][chapter] = course_dir
-            result["hashes"].update(hashes)
-            result["scores"][chapter] = scores
-            result["judge"][chapter] = judged
+    for chapter in CHAPTERS:
+        course_dir, hashes, scores, judged = grading.results[chapter]
+        result["course_dirs"][chapter] = course_dir
+        result["hashes"].update(hashes)
+        result["scores"][chapter] = scores
+        result["judge"][chapter] = judged
     return result
 
 

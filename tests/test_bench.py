@@ -77,6 +77,23 @@ def test_execute_notebook_gives_the_kernel_its_settings_without_touching_ours(tm
     )])
     path = tmp_path / "settings.ipynb"
     nbformat.write(nb, path)
-    _, metrics, _ = bench.execute_notebook(path, fast=True, timeout=120)
-    assert metrics == {"fast": 1.0, "agg_backend": 0.0}, "the kernel should get DLBOOK_FAST and its inline backend"
+    run = bench.execute_notebook(path, fast=True, timeout=120)
+    assert run.metrics == {"fast": 1.0, "agg_backend": 0.0}, "the kernel should get DLBOOK_FAST and its inline backend"
     assert dict(os.environ) == before, "execute_notebook changed this process's environment"
+
+
+@pytest.mark.slow
+def test_execute_notebook_measures_the_kernels_peak_memory_and_its_childrens(tmp_path) -> None:
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("import numpy as np\nblock = np.ones(300 * 2**20 // 8)  # 300 MiB\ndel block"),
+        nbformat.v4.new_code_cell(
+            "import subprocess, sys\n"
+            "subprocess.run([sys.executable, '-c', 'import numpy as np; b = np.ones(200 * 2**20 // 8)'], check=True)"),
+    ])
+    path = tmp_path / "memory.ipynb"
+    nbformat.write(nb, path)
+    run = bench.execute_notebook(path, fast=True, timeout=120)
+    assert 300 <= run.peak_rss_mb < 1000, f"the kernel held 300 MiB at its peak, measured {run.peak_rss_mb}"
+    assert 200 <= run.children_peak_rss_mb < 500, f"the child held 200 MiB, measured {run.children_peak_rss_mb}"
+    assert len(run.notebook.cells) == 2, "the memory cell should be taken out of the executed notebook"
+    assert 0 < run.seconds < 120

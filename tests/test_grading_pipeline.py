@@ -14,7 +14,7 @@ from autograder import course
 from autograder.bench import load_targets
 from autograder.config import CHAPTER_PRIVATE_FILES
 
-from .conftest import BUGS, CHAPTERS, CHAPTERS_DIR, nbgrader_meta
+from .conftest import BUGS, CHAPTERS, CHAPTERS_DIR, bug_loses, nbgrader_meta
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +87,12 @@ def test_untouched_release_gets_zero(graded, chapter) -> None:
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_every_chapter_has_a_deliberate_bug_and_targets(chapter) -> None:
-    assert chapter in BUGS, f"add chapters/{chapter}/bugs.py (SOLUTION_ID, CODE, LOSES)"
+    assert BUGS.get(chapter), f"add chapters/{chapter}/bugs.py with a list BUGS (solution_id, code, loses)"
+    for bug in BUGS[chapter]:
+        homes = [src.name for src in sorted((CHAPTERS_DIR / chapter).glob("*.ipynb"))
+                 if bug.solution_id in {nbgrader_meta(c).get("grade_id")
+                                        for c in nbformat.read(src, as_version=4).cells}]
+        assert len(homes) == 1, f"{chapter}/bugs.py: {bug.solution_id} is in {homes or 'no notebook'}, expected one"
     targets = load_targets()
     for src in sorted((CHAPTERS_DIR / chapter).glob("*.ipynb")):
         rel = f"chapters/{chapter}/{src.name}"
@@ -97,18 +102,19 @@ def test_every_chapter_has_a_deliberate_bug_and_targets(chapter) -> None:
 
 
 @pytest.mark.parametrize("chapter", [c for c in CHAPTERS if c in BUGS])
-def test_one_bug_loses_exactly_its_points(graded, chapter) -> None:
-    _, _, broken = BUGS[chapter]
-    bug_notebook = next(src for src in sorted((CHAPTERS_DIR / chapter).glob("*.ipynb"))
-                        if BUGS[chapter][0] in {nbgrader_meta(c).get("grade_id")
-                                                for c in nbformat.read(src, as_version=4).cells})
-    graded_ids = {nbgrader_meta(c)["grade_id"] for c in nbformat.read(bug_notebook, as_version=4).cells
-                  if nbgrader_meta(c).get("grade")}
+def test_each_bug_loses_exactly_its_points(graded, chapter) -> None:
+    broken = bug_loses(chapter)
+    solution_ids = {bug.solution_id for bug in BUGS[chapter]}
+    graded_ids: set[str] = set()
+    for src in sorted((CHAPTERS_DIR / chapter).glob("*.ipynb")):
+        cells = [nbgrader_meta(c) for c in nbformat.read(src, as_version=4).cells]
+        if solution_ids & {m.get("grade_id") for m in cells}:
+            graded_ids |= {m["grade_id"] for m in cells if m.get("grade")}
     alice, carol = graded["scores"][chapter]["alice"], graded["scores"][chapter]["carol"]
-    assert broken <= graded_ids, f"LOSES names cells outside {bug_notebook.name}"
-    # carol handed in only the notebook with the bug; compare the cells of that notebook
+    assert broken <= graded_ids, f"LOSES names cells outside the notebooks that hold the bugs: {broken - graded_ids}"
+    # carol handed in only the notebooks with a bug; compare the cells of those notebooks
     lost = {g for g in graded_ids if carol[g][0] < alice[g][0]}
-    assert lost == broken, f"the bug should cost exactly {broken}, it cost {lost}"
+    assert lost == broken, f"the bugs should cost exactly {sorted(broken)}, they cost {sorted(lost)}"
     for g in broken:
         assert carol[g][0] == 0, f"{g} should score 0 with the bug, got {carol[g][0]}"
 
@@ -123,7 +129,7 @@ def test_judge_agrees_with_nbgrader(graded, chapter) -> None:
         got = judged["scores"][student]
         for grade_id, (points, max_points) in cells.items():
             if student == "carol" and grade_id not in got:
-                continue  # carol handed in only the notebook with the bug
+                continue  # carol handed in only the notebooks with a bug
             assert got.get(grade_id, (None, None))[1] == max_points, f"{student} {grade_id}: max points differ"
             assert got[grade_id][0] == points, (
                 f"{student} {grade_id}: the judge gave {got[grade_id][0]}, nbgrader {points}: "
@@ -139,11 +145,12 @@ def test_judge_full_marks_zero_and_the_bug(graded, chapter) -> None:
     assert bob["points"] == 0
     honest_flags = [f for f in alice["flags"] if not f.startswith("renamed")]
     assert not honest_flags, f"the instructor's solutions were flagged: {honest_flags}"
-    if chapter in BUGS:  # carol handed in only the notebook with the bug: compare the exercises of that notebook
+    if chapter in BUGS:  # carol handed in only the notebooks with a bug: compare the exercises of those
         carol = judged["reports"]["carol"]
         lost = {e["grade_id"] for n in carol["notebooks"] if n["status"] == "graded" for e in n["exercises"]
                 if e["points"] < e["max_points"]}
-        assert lost == BUGS[chapter][2], f"the bug should cost exactly {BUGS[chapter][2]}, it cost {lost}"
+        expected = bug_loses(chapter)
+        assert lost == expected, f"the bugs should cost exactly {sorted(expected)}, they cost {sorted(lost)}"
 
 
 def test_submissions_are_never_modified(graded) -> None:

@@ -17,7 +17,7 @@ from .executors import dask_address, run_dask, run_local
 from .feedback import _feedback_html
 from .gradebook import GradebookStore
 from .intake import INTAKE_FLAGS, discover, match_notebooks
-from .notebook import assemble, dlbook_modules, dynamic_code_flags, reference_calls, reference_cells
+from .notebook import assemble, dlbook_modules, dynamic_code_flags, rebuilt_ops_used, reference_calls, reference_cells
 from .run import Settings, run_notebook
 from .sandbox import bwrap_available
 from .task import GradedSubmission, GradeTask, pack_submission, references_sha256, unpack_tree
@@ -37,6 +37,7 @@ def grade_notebook(name: str, ref: list[dict], found: tuple, workdir: Path | Non
         report["flags"].append(f"renamed: {path.name} graded as {name}")
     results: list = []
     cells: list[dict] = []
+    rebuilt: dict[str, str] = {}
     if sub is None:
         report["status"] = "invalid" if path else "missing"
         kind = "invalid_notebook" if path else "missing_notebook"
@@ -44,6 +45,7 @@ def grade_notebook(name: str, ref: list[dict], found: tuple, workdir: Path | Non
     else:
         try:
             cells, flags = assemble(ref, sub)
+            rebuilt = rebuilt_ops_used(ref, cells)
             # dynamic code the reference solution itself uses (chapter 7's getattr(model, head)) is expected
             expected = set(dynamic_code_flags([c for c in ref if c["kind"] == "solution"]))
             report["flags"] += flags + reference_calls(ref, cells) + [f for f in dynamic_code_flags(cells)
@@ -65,9 +67,14 @@ def grade_notebook(name: str, ref: list[dict], found: tuple, workdir: Path | Non
         ex_flags = sorted(set(res.get("flags", []))) if res else []
         if res and res["status"] == "error" and "ForbiddenCall" in (error or ""):
             ex_flags.append(f"calls_reference: {test['grade_id']} called a forbidden reference")
+        overruled = {}
+        if test["grade_id"] in rebuilt:  # the static check decides, whatever the tests said
+            overruled = {"tests_status": status}
+            status, error = "failed", rebuilt[test["grade_id"]]
+            ex_flags.append(f"uses_rebuilt_op: {error}")
         report["exercises"].append({"grade_id": test["grade_id"], "max_points": test["points"],
                                     "points": test["points"] if status == "passed" else 0.0,
-                                    "status": status, "error": error, "flags": ex_flags})
+                                    "status": status, "error": error, "flags": ex_flags, **overruled})
         report["flags"] += ex_flags
     for i, (cell, res) in enumerate(zip(cells, results, strict=False)):
         if res and cell["kind"] != "test" and res["status"] != "ok":

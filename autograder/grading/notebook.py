@@ -249,6 +249,49 @@ def reference_calls(ref: list[dict], run: list[dict]) -> list[str]:
     return sorted(set(flags))
 
 
+def rebuilt_ops(ref: list[dict]) -> dict[str, tuple[list[str], list[str]]]:
+    """Return ``{test grade_id: (ops, solution grade_ids)}`` for the reference's ``check.rebuilds`` checks.
+
+    A test cell's visible ``check.rebuilds(ex, fn, "op", ...)`` names the ops its exercise rebuilds;
+    they apply to the solution cells between the previous test cell and this one.
+    """
+    found: dict[str, tuple[list[str], list[str]]] = {}
+    solutions: list[str] = []
+    for cell in ref:
+        if cell["kind"] == "solution":
+            solutions.append(cell["grade_id"])
+        elif cell["kind"] == "test":
+            tree = _parse(cell["source"])
+            calls = [node for node in (ast.walk(tree) if tree else []) if isinstance(node, ast.Call)
+                     and isinstance(node.func, ast.Attribute) and node.func.attr == "rebuilds"]
+            ops = [arg.value for call in calls for arg in call.args[2:]
+                   if isinstance(arg, ast.Constant) and isinstance(arg.value, str)]
+            if ops:
+                found[cell["grade_id"]] = (ops, list(solutions))
+            solutions = []
+    return found
+
+
+def rebuilt_ops_used(ref: list[dict], run: list[dict]) -> dict[str, str]:
+    """Return ``{test grade_id: message}`` for each exercise whose submitted answer uses an op it rebuilds.
+
+    The static check (:func:`dlbook.check.rebuilt_ops_used`) of the learner's whole solution cells, in
+    the grader: such an exercise scores 0, whatever its tests say, because a check that blocks the op
+    at run time (``check.forbidden``) cannot see every spelling of it.
+    """
+    from dlbook.check import rebuilt_ops_used as used_in
+
+    sources = {c["grade_id"]: c["source"] for c in run if c["kind"] == "solution"}
+    verdicts = {}
+    for test_id, (ops, solution_ids) in rebuilt_ops(ref).items():
+        used = [u for sid in solution_ids for u in used_in(sources.get(sid, ""), ops)]
+        if used:
+            names = ", ".join(op.lstrip(".") for op in ops)
+            verdicts[test_id] = (f"{test_id}: the answer uses {used[0]}; this exercise rebuilds {names}, so it may "
+                                 f"not call {'it' if len(ops) == 1 else 'them'} in any spelling (0 points)")
+    return verdicts
+
+
 DYNAMIC_BUILTINS = {"exec", "eval", "compile", "__import__"}  # run or import code the static checks cannot see
 DYNAMIC_IMPORTERS = {"import_module", "__import__"}  # importlib's
 ATTRIBUTE_BUILTINS = {"getattr", "setattr", "delattr"}

@@ -4,13 +4,20 @@ The wrapper runs in the 2- and 3-process gloo groups the tests launch (it travel
 with the learner's function), so only ch08_ring_allreduce loses its points.
 """
 
-SOLUTION_ID = "ch08_ring_allreduce_solution"
-CODE = """
+# Each bug: the grade_id of a solution cell, code appended to that cell (it wraps the correct
+# function, so it does not depend on how the solution is written), and the graded cells that must
+# lose their points. carol hands in the instructor's solutions with every bug of the list.
+BUGS = [
+    {
+        "solution_id": "ch08_ring_allreduce_solution",
+        "code": """
 _correct_ring_allreduce = ring_allreduce
 
 def ring_allreduce(tensor):
     _correct_ring_allreduce(tensor)
     tensor /= dist.get_world_size()  # deliberate: the mean, not the sum
     return tensor
-"""
-LOSES = {"ch08_ring_allreduce"}
+""",
+        "loses": {"ch08_ring_allreduce"},
+    },
+]
