@@ -163,6 +163,9 @@ def execute_notebook(path: Path, fast: bool, timeout: int = 900) -> Executed:
 
     from dlbook.metrics import read_metrics
 
+    from .zmq_poll import install
+
+    install()  # a widget cell must not leave nbclient waiting for its reply until the timeout
     nb = nbformat.read(path, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(_MEMORY_CELL))
     with tempfile.TemporaryDirectory() as tmp:

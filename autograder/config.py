@@ -41,7 +41,9 @@ def configure(c: Any, course_dir: str | Path, source_dir: str | Path = CHAPTERS_
     from nbgrader.preprocessors import ClearHiddenTests, GetGrades
 
     from .preprocessors import ShortenTestTracebacks
+    from .zmq_poll import install
 
+    install()  # nbgrader's Execute waits on the same channel as nbclient (see zmq_poll)
     course_dir = Path(course_dir).resolve()
     c.CourseDirectory.course_id = "dlbook"
     c.CourseDirectory.root = str(course_dir)
