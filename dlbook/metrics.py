@@ -1,8 +1,11 @@
 """Recording a notebook's headline numbers for the benchmark (``make bench``).
 
 A chapter calls ``record_metric("test_accuracy", acc)``. When ``$DLBOOK_METRICS_FILE`` is set (the
-benchmark sets it per notebook) the value is merged into that JSON file, written atomically;
-otherwise it is only printed. Metric names are documented in the README.
+benchmark sets it per notebook) the value is merged into that JSON file, written atomically; it is
+also printed as ``[dlbook metric] name = value`` (the tests read that line), except to a learner.
+Metric names are documented in the README. In a learner's kernel in a learner workspace
+(:mod:`dlbook.progress_log`) the value is added to the learner's progress file instead, for the
+progress page (``python -m dlbook.progress``).
 """
 
 from __future__ import annotations
@@ -40,7 +43,11 @@ def record_metric(name: str, value: float) -> float:
         raise TypeError(f"metric {name!r} must be a number, got {type(value).__name__}") from err
     if not math.isfinite(number):
         raise ValueError(f"metric {name!r} is {number}; only finite numbers can be recorded")
-    print(f"[dlbook metric] {name} = {number:.6g}")
+    from . import progress_log
+
+    learner_workspace = progress_log.active_workspace()
+    if learner_workspace is None:  # a learner reads the notebook's own sentence; tests and tools read this line
+        print(f"[dlbook metric] {name} = {number:.6g}")
     target = os.environ.get(METRICS_ENV)
     if target:
         path = Path(target)
@@ -56,4 +63,15 @@ def record_metric(name: str, value: float) -> float:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+    if learner_workspace is not None:
+        _record_for_learner(learner_workspace, name, number)
     return number
+
+
+def _record_for_learner(workspace: Path, name: str, number: float) -> None:
+    from . import progress_log
+
+    try:
+        progress_log.record_metric_value(workspace, name, number, progress_log.chapter_of(Path.cwd(), workspace))
+    except Exception as err:  # the learner's run must never fail over its progress page
+        print(f"[dlbook] metric not added to your progress ({type(err).__name__}: {err})")

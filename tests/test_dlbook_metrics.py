@@ -124,3 +124,19 @@ def test_read_metrics(tmp_path):
     bad.write_text("[1, 2]")
     with pytest.raises(ValueError, match="JSON object"):
         metrics.read_metrics(bad)
+
+
+def test_a_learner_does_not_see_the_metric_line(tmp_path, monkeypatch, capsys) -> None:
+    """In a learner workspace the value goes to the progress file; the tools' line is not printed."""
+    from dlbook import metrics, progress_log
+
+    monkeypatch.delenv(metrics.METRICS_ENV, raising=False)
+    monkeypatch.setattr(progress_log, "active_workspace", lambda: None)
+    metrics.record_metric("test_accuracy", 0.5)
+    assert "[dlbook metric] test_accuracy = 0.5" in capsys.readouterr().out
+    recorded = []
+    monkeypatch.setattr(progress_log, "active_workspace", lambda: tmp_path)
+    monkeypatch.setattr(progress_log, "record_metric_value", lambda *args: recorded.append(args))
+    metrics.record_metric("test_accuracy", 0.75)
+    assert "[dlbook metric]" not in capsys.readouterr().out
+    assert recorded and recorded[0][1:3] == ("test_accuracy", 0.75)
