@@ -26,6 +26,8 @@ from pathlib import Path
 
 from .config import CHAPTERS_DIR, DEFAULT_COURSE_DIR, LEARNER_COURSE_DIR, REPO_ROOT
 
+GLOSSARY = "GLOSSARY.md"  # chapters/GLOSSARY.md -> workspace/GLOSSARY.md
+
 
 def running_servers(root: Path) -> list[dict]:
     """Return the running Jupyter servers (as listed by jupyter_server) whose root is ``root``."""
@@ -87,14 +89,17 @@ def lab_command(dest: Path, port: int, token: str) -> list[str]:
 def prepare_workspace(dest: Path, course_dir: Path = LEARNER_COURSE_DIR, source_dir: Path = CHAPTERS_DIR):
     """Release the chapters whose sources changed, then copy what is new into ``dest`` (never overwriting).
 
-    Return the :class:`~autograder.workspace.SyncReport`. ``make lab``, ``python -m autograder workspace``
+    The course's bilingual glossary (``GLOSSARY.md`` beside the chapters) goes to the workspace's top,
+    where the notebooks' ``../GLOSSARY.md`` links find it. Return the
+    :class:`~autograder.workspace.SyncReport`. ``make lab``, ``python -m autograder workspace``
     and Binder's postBuild all build the learner's workspace this way.
     """
     from . import course
     from .workspace import sync_workspace
 
     course.release(None, course_dir, source_dir, quiet=True, only_changed=True)
-    return sync_workspace(course_dir / "release", dest)
+    glossary = Path(source_dir) / GLOSSARY
+    return sync_workspace(course_dir / "release", dest, {GLOSSARY: glossary} if glossary.is_file() else None)
 
 
 def main(argv: list[str] | None = None) -> int:

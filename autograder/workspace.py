@@ -7,6 +7,9 @@
 - a file whose release is unchanged is left alone, whatever the learner did to it;
 - a file whose release changed is written *beside* the learner's copy as
   ``NAME.updated-<hash>.ipynb`` and the learner is told; their copy is never touched.
+
+Course-wide files that are not part of any chapter's release (the bilingual glossary
+``GLOSSARY.md``) are passed as ``extra_files`` and follow the same three rules.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,8 +88,12 @@ def _copy_new(src: Path, dest: Path) -> None:
         os.unlink(tmp)
 
 
-def sync_workspace(release_dir: Path, workspace: Path) -> SyncReport:
-    """Bring ``workspace`` up to date with ``release_dir`` without overwriting any existing file."""
+def sync_workspace(release_dir: Path, workspace: Path, extra_files: Mapping[str, Path] | None = None) -> SyncReport:
+    """Bring ``workspace`` up to date with ``release_dir`` without overwriting any existing file.
+
+    ``extra_files`` maps a path relative to the workspace (``"GLOSSARY.md"``) to the file to copy
+    there, under the same rules as the release's files.
+    """
     release_dir, workspace = Path(release_dir), Path(workspace)
     if not release_dir.is_dir():
         raise FileNotFoundError(f"expected a student release at {release_dir}; run `make release` first")
@@ -96,11 +104,15 @@ def sync_workspace(release_dir: Path, workspace: Path) -> SyncReport:
     except json.JSONDecodeError:
         manifest = {}  # a damaged manifest only costs a few extra ".updated" copies
     report = SyncReport()
+    files: dict[str, Path] = {}
     for src in sorted(p for p in release_dir.rglob("*") if p.is_file()):
         rel = src.relative_to(release_dir)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        key = rel.as_posix()
+        if not any(part.startswith(".") for part in rel.parts):
+            files[rel.as_posix()] = src
+    for key, src in (extra_files or {}).items():
+        files.setdefault(Path(key).as_posix(), Path(src))
+    for key, src in sorted(files.items()):
+        rel = Path(key)
         new_hash = _sha256(src)
         target = workspace / rel
         if not target.exists():

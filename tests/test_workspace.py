@@ -82,6 +82,22 @@ def test_corrupt_manifest_loses_nothing(release, tmp_path) -> None:
     json.loads((ws / MANIFEST).read_text())  # rewritten whole
 
 
+def test_glossary_joins_the_workspace_under_the_same_rules(release, tmp_path) -> None:
+    """The course-wide GLOSSARY.md is copied once, a learner's notes in it survive, updates go beside."""
+    glossary = tmp_path / "GLOSSARY.md"
+    glossary.write_text("| backpropagation | 反向传播 | 1 | |\n", encoding="utf-8")
+    ws = tmp_path / "ws"
+    report = sync_workspace(release, ws, {"GLOSSARY.md": glossary})
+    assert report.added == ["01_backprop/a.ipynb", "GLOSSARY.md"]
+    assert (ws / "GLOSSARY.md").read_text(encoding="utf-8") == glossary.read_text(encoding="utf-8")
+    (ws / "GLOSSARY.md").write_text("my notes", encoding="utf-8")
+    assert sync_workspace(release, ws, {"GLOSSARY.md": glossary}).unchanged == ["01_backprop/a.ipynb", "GLOSSARY.md"]
+    glossary.write_text("| attention | 注意力机制 | 4 | |\n", encoding="utf-8")
+    [(mine, beside)] = sync_workspace(release, ws, {"GLOSSARY.md": glossary}).updated_beside
+    assert mine == "GLOSSARY.md" and beside.startswith("GLOSSARY.updated-") and beside.endswith(".md")
+    assert (ws / "GLOSSARY.md").read_text(encoding="utf-8") == "my notes"
+
+
 def test_missing_release_says_what_to_do(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="make release"):
         sync_workspace(tmp_path / "nope", tmp_path / "ws")
