@@ -4,6 +4,8 @@
 - :func:`load_fashion_mnist`: Fashion-MNIST from the Debian package ``dataset-fashion-mnist``
   (``/usr/share/datasets/fashion-mnist``), else from the dlbook cache, else downloaded into the cache.
 - :func:`load_mnist`: MNIST from the cache, else downloaded into it.
+- :func:`load_cifar10`: CIFAR-10 (the authors' binary version) from the cache, else downloaded into it;
+  :func:`cifar10_available` says whether it is cached, without downloading.
 
 Downloads go through pooch: each file is checked against its SHA-256, written to a temporary name and
 moved into place, and a corrupt cached file is detected and fetched again. A loader never swaps in
@@ -16,6 +18,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import tarfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -46,6 +49,18 @@ MNIST_FILES = {
     "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
 }
 MNIST_URLS = ("https://ossci-datasets.s3.amazonaws.com/mnist/",)
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+# The binary version from the authors' page (https://www.cs.toronto.edu/~kriz/cifar.html): no pickle.
+CIFAR10_FILES = {"cifar-10-binary.tar.gz": "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"}
+CIFAR10_URLS = ("https://www.cs.toronto.edu/~kriz/",)
+CIFAR10_MEMBERS = {
+    "train": tuple(f"cifar-10-batches-bin/data_batch_{i}.bin" for i in range(1, 6)),
+    "test": ("cifar-10-batches-bin/test_batch.bin",),
+}
+CIFAR10_RECORD_BYTES = 1 + 3 * 32 * 32  # a label byte, then the red, green and blue 32x32 planes
 
 _SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 
@@ -163,11 +178,14 @@ def _missing_message(name: str, directory: Path, reason: str) -> str:
             "  * on Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist "
             f"(files land in {DEBIAN_FASHION_MNIST})\n"
         )
+    files = "the four *-idx?-ubyte.gz files"
+    if name == "CIFAR-10":
+        files = f"cifar-10-binary.tar.gz (the binary version, from {CIFAR10_URLS[0]}cifar.html)"
     return (
         f"{name} is not available on this machine and could not be downloaded ({reason}).\n"
         f"To get it:\n{hint}"
         f"  * connect to the internet and run the cell again (files are cached in {directory}), or\n"
-        f"  * copy the four *-idx?-ubyte.gz files into {directory} (set ${CACHE_ENV} to move the cache)."
+        f"  * copy {files} into {directory} (set ${CACHE_ENV} to move the cache)."
     )
 
 
@@ -217,3 +235,56 @@ def load_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     files = {f: MNIST_FILES[f] for f in wanted}
     paths = fetch_files("MNIST", files, MNIST_URLS, cache_dir() / "mnist")
     return _load_idx_pair(paths, split)
+
+
+def read_cifar_binary(data: bytes, name: str = "CIFAR-10 batch") -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(images, labels)`` from CIFAR-10's binary format: uint8 (N, 3, 32, 32) and int64 (N,).
+
+    Each record is 3,073 bytes: the label (0-9), then 1,024 red, 1,024 green and 1,024 blue values,
+    each plane row by row. ``name`` goes into the error message.
+    """
+    if len(data) == 0 or len(data) % CIFAR10_RECORD_BYTES:
+        raise ValueError(f"{name} is not in CIFAR-10's binary format: {len(data)} bytes is not a positive "
+                         f"multiple of {CIFAR10_RECORD_BYTES} (one label byte + 3x32x32 pixels)")
+    records = np.frombuffer(data, dtype=np.uint8).reshape(-1, CIFAR10_RECORD_BYTES)
+    labels = records[:, 0].astype(np.int64)
+    if labels.max() > 9:
+        raise ValueError(f"{name} has label {int(labels.max())}; CIFAR-10 labels are 0-9")
+    return records[:, 1:].reshape(-1, 3, 32, 32).copy(), labels
+
+
+def _cifar10_archive() -> Path:
+    return cache_dir() / "cifar-10" / "cifar-10-binary.tar.gz"
+
+
+def cifar10_available() -> bool:
+    """Return True when CIFAR-10's archive is already in the cache (nothing is downloaded or checked)."""
+    return _cifar10_archive().is_file()
+
+
+def load_cifar10(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """Return CIFAR-10 ``(images, labels)``: uint8 (N, 3, 32, 32) (RGB, channels first) and int64 (N,).
+
+    ``split`` is ``"train"`` (50,000 images, the five training batches in order) or ``"test"``
+    (10,000). Reads ``cifar-10-binary.tar.gz`` from the dlbook cache (``$DLBOOK_DATA/cifar-10``),
+    downloading it first (162 MiB, SHA-256 checked) if it is missing. Class names are in
+    :data:`CIFAR10_CLASSES`.
+    """
+    if split not in CIFAR10_MEMBERS:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    paths = fetch_files("CIFAR-10", CIFAR10_FILES, CIFAR10_URLS, _cifar10_archive().parent)
+    archive = paths["cifar-10-binary.tar.gz"]
+    images, labels = [], []
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in CIFAR10_MEMBERS[split]:
+            try:
+                f = tar.extractfile(member)
+            except KeyError:
+                f = None
+            if f is None:
+                raise ValueError(f"{archive} has no file {member}: is it CIFAR-10's binary version?")
+            with f:
+                x, y = read_cifar_binary(f.read(), f"{archive}:{member}")
+            images.append(x)
+            labels.append(y)
+    return np.concatenate(images), np.concatenate(labels)

@@ -352,3 +352,134 @@ def test_load_fashion_mnist_from_debian(monkeypatch, tmp_path, split, n):
     assert images.max() == 255 and images.min() == 0
     assert list(tmp_path.iterdir()) == []  # nothing was cached or downloaded
     assert len(data.FASHION_MNIST_CLASSES) == 10
+
+
+# ----------------------------------------------------------------------------- CIFAR-10
+
+
+def cifar_records(images: np.ndarray, labels: np.ndarray) -> bytes:
+    """CIFAR-10's binary format, written the way the authors describe it: label byte, R, G, B planes."""
+    out = bytearray()
+    for image, label in zip(images, labels, strict=True):
+        out.append(int(label))
+        for channel in image:  # (3, 32, 32): red plane, then green, then blue, each row by row
+            out += bytes(channel.astype(np.uint8).ravel().tolist())
+    return bytes(out)
+
+
+def small_cifar(tmp_path: Path, seed: int = 0) -> tuple[Path, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Write a small cifar-10-binary.tar.gz (five training batches of 2 images, a test batch of 3)."""
+    import io
+    import tarfile
+
+    rng = np.random.default_rng(seed)
+    batches = {name: (rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, n))
+               for name, n in [*((f"data_batch_{i}.bin", 2) for i in range(1, 6)), ("test_batch.bin", 3)]}
+    archive = tmp_path / "cifar-10-binary.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, (images, labels) in batches.items():
+            payload = cifar_records(images, labels)
+            info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return archive, batches
+
+
+def test_read_cifar_binary_layout():
+    image = np.zeros((1, 3, 32, 32), dtype=np.uint8)
+    image[0, 0, 0, 1] = 200  # red, row 0, column 1
+    image[0, 2, 31, 0] = 7  # blue, last row, first column
+    images, labels = data.read_cifar_binary(cifar_records(image, np.array([9])))
+    assert images.dtype == np.uint8 and images.shape == (1, 3, 32, 32)
+    assert labels.dtype == np.int64 and labels.tolist() == [9]
+    np.testing.assert_array_equal(images, image)
+    raw = cifar_records(image, np.array([9]))
+    assert raw[0] == 9 and raw[1 + 1] == 200 and raw[1 + 2 * 1024 + 31 * 32] == 7
+
+
+@pytest.mark.parametrize(("payload", "match"), [(b"", "not in CIFAR-10's binary format"),
+                                                (b"\x01" * 3072, "not in CIFAR-10's binary format"),
+                                                (b"\x0a" + b"\x00" * 3072, "label 10")])
+def test_read_cifar_binary_rejects_bad_data(payload, match):
+    with pytest.raises(ValueError, match=match):
+        data.read_cifar_binary(payload)
+
+
+def test_load_cifar10_from_a_prepared_cache(monkeypatch, tmp_path):
+    import pooch
+
+    cache = tmp_path / "cifar-10"
+    cache.mkdir()
+    archive, batches = small_cifar(cache)
+    monkeypatch.setattr(data, "CIFAR10_FILES", {archive.name: sha256(archive)})
+    monkeypatch.setenv("DLBOOK_DATA", str(tmp_path))
+    monkeypatch.setattr(pooch, "retrieve", lambda *a, **k: pytest.fail("network used"))
+    assert data.cifar10_available()
+    images, labels = data.load_cifar10("train")
+    train = [batches[f"data_batch_{i}.bin"] for i in range(1, 6)]
+    np.testing.assert_array_equal(images, np.concatenate([b[0] for b in train]))  # the five batches in order
+    np.testing.assert_array_equal(labels, np.concatenate([b[1] for b in train]))
+    assert images.shape == (10, 3, 32, 32) and images.dtype == np.uint8 and labels.dtype == np.int64
+    images, labels = data.load_cifar10("test")
+    np.testing.assert_array_equal(images, batches["test_batch.bin"][0])
+    assert labels.tolist() == batches["test_batch.bin"][1].tolist()
+    assert len(data.CIFAR10_CLASSES) == 10
+
+
+def test_load_cifar10_downloads_and_verifies(no_proxy, tmp_path, monkeypatch):
+    served = tmp_path / "served"
+    served.mkdir()
+    archive, batches = small_cifar(served, seed=1)
+    handler = functools.partial(_QuietHandler, directory=str(served))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setattr(data, "CIFAR10_URLS", (f"http://127.0.0.1:{httpd.server_address[1]}/",))
+        monkeypatch.setattr(data, "CIFAR10_FILES", {archive.name: sha256(archive)})
+        monkeypatch.setenv("DLBOOK_DATA", str(tmp_path / "data"))
+        assert not data.cifar10_available()
+        images, labels = data.load_cifar10("test")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+    np.testing.assert_array_equal(images, batches["test_batch.bin"][0])
+    assert (tmp_path / "data" / "cifar-10" / archive.name).read_bytes() == archive.read_bytes()
+    assert data.cifar10_available()
+
+
+def test_load_cifar10_rejects_a_corrupt_archive_offline(monkeypatch, tmp_path):
+    cache = tmp_path / "cifar-10"
+    cache.mkdir()
+    (cache / "cifar-10-binary.tar.gz").write_bytes(b"half a download")
+    monkeypatch.setenv("DLBOOK_DATA", str(tmp_path))
+    monkeypatch.setenv("DLBOOK_OFFLINE", "1")
+    with pytest.raises(DatasetNotFoundError) as info:
+        data.load_cifar10("train")  # the real hash: the corrupt file is never read as data
+    msg = str(info.value)
+    assert "CIFAR-10 is not available" in msg and "cifar-10-binary.tar.gz" in msg
+    assert "https://www.cs.toronto.edu/~kriz/cifar.html" in msg and str(cache) in msg
+
+
+def test_load_cifar10_rejects_an_archive_without_the_batches(monkeypatch, tmp_path):
+    import io
+    import tarfile
+
+    cache = tmp_path / "cifar-10"
+    cache.mkdir()
+    archive = cache / "cifar-10-binary.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:  # the python version's layout, not the binary one
+        info = tarfile.TarInfo("cifar-10-batches-py/test_batch")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    monkeypatch.setattr(data, "CIFAR10_FILES", {archive.name: sha256(archive)})
+    monkeypatch.setenv("DLBOOK_DATA", str(tmp_path))
+    monkeypatch.setenv("DLBOOK_OFFLINE", "1")
+    with pytest.raises(ValueError, match="has no file cifar-10-batches-bin/test_batch.bin"):
+        data.load_cifar10("test")
+
+
+def test_load_cifar10_bad_split():
+    with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
+        data.load_cifar10("validation")
