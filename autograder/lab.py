@@ -16,6 +16,7 @@ nbgrader's formgrader.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import signal
@@ -27,6 +28,35 @@ from pathlib import Path
 from .config import CHAPTERS_DIR, DEFAULT_COURSE_DIR, LEARNER_COURSE_DIR, REPO_ROOT
 
 GLOSSARY = "GLOSSARY.md"  # chapters/GLOSSARY.md -> workspace/GLOSSARY.md
+
+# nbgrader's instructor tools, which a learner's JupyterLab does not show (make lab, Binder, the classroom).
+INSTRUCTOR_LAB_PLUGINS = ("@jupyter/nbgrader:formgrader", "@jupyter/nbgrader:create-assignment",
+                          "@jupyter/nbgrader:course-list")
+INSTRUCTOR_SERVER_EXTENSIONS = ("nbgrader.server_extensions.formgrader", "nbgrader.server_extensions.course_list")
+
+
+def write_learner_jupyter_config(folder: Path) -> Path:
+    """Write a Jupyter configuration folder that turns nbgrader's instructor tools off; return it.
+
+    ``labconfig/page_config.json`` disables (and locks) the Formgrader, Create Assignment and Course List
+    plugins of JupyterLab, and ``jupyter_server_config.json`` the formgrader and course-list server
+    extensions. Put the folder first on ``JUPYTER_CONFIG_PATH`` for a learner's server. The learner's own
+    Validate button, the assignment list and the visible checks stay.
+    """
+    (folder / "labconfig").mkdir(parents=True, exist_ok=True)
+    off = dict.fromkeys(INSTRUCTOR_LAB_PLUGINS, True)
+    (folder / "labconfig" / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": off, "lockedExtensions": off}, indent=2))
+    (folder / "jupyter_server_config.json").write_text(json.dumps(
+        {"ServerApp": {"jpserver_extensions": dict.fromkeys(INSTRUCTOR_SERVER_EXTENSIONS, False)}}, indent=2))
+    return folder
+
+
+def learner_env(config_folder: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) with ``config_folder`` first on ``JUPYTER_CONFIG_PATH``."""
+    env = dict(os.environ if base is None else base)
+    env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(p for p in (str(config_folder), env.get("JUPYTER_CONFIG_PATH")) if p)
+    return env
 
 
 def running_servers(root: Path) -> list[dict]:
@@ -143,8 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     token = secrets.token_hex(24)
     url = f"http://127.0.0.1:{args.port}/{page}?token={token}"
     # nbgrader reads nbgrader_config.py from the working directory: the course's, for the formgrader.
+    # A learner's JupyterLab does not show nbgrader's instructor tools; the instructor's (--instructor) does.
+    env = None if args.instructor else learner_env(write_learner_jupyter_config(course_dir / "jupyter-learner"))
     proc = subprocess.Popen(lab_command(dest, args.port, token), stdout=sys.stdout, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, cwd=dest)
+                            text=True, start_new_session=True, cwd=dest, env=env)
     announced = False
     try:
         assert proc.stderr is not None

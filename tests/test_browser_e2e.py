@@ -217,6 +217,12 @@ def test_learner_and_instructor_in_the_browser(browser, chapter, tmp_path) -> No
         page.screenshot(path=str(shots / "1_chapters.png"))
         listed = page.locator(".jp-DirListing-itemText").all_inner_texts()
         assert set(CHAPTERS) <= {t.strip() for t in listed}, f"file browser shows {listed}"
+        # a learner's JupyterLab has no nbgrader instructor tools (make lab's Jupyter configuration)
+        page.get_by_role("menuitem", name="Nbgrader", exact=True).click()
+        menu = [t.strip() for t in page.locator(".lm-Menu-content .lm-Menu-itemLabel").all_inner_texts() if t.strip()]
+        page.keyboard.press("Escape")
+        assert not {"Formgrader", "Create assignment", "Course List"} & set(menu), f"the Nbgrader menu shows {menu}"
+        assert page.request.get(server.url.split("/lab")[0] + "/formgrader").status == 404
         student_path = workspace / chapter / source_path.name
         assert student_path.exists(), "make lab did not build the workspace"
         student_nb = nbformat.read(student_path, as_version=4)

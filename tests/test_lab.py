@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -70,3 +71,17 @@ def test_lab_serves_the_workspace_refuses_a_second_server_and_stops_on_ctrl_c(tm
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_learners_jupyterlab_hides_nbgraders_instructor_tools(tmp_path) -> None:
+    from autograder.lab import INSTRUCTOR_LAB_PLUGINS, learner_env, write_learner_jupyter_config
+
+    folder = write_learner_jupyter_config(tmp_path / "cfg")
+    page = json.loads((folder / "labconfig" / "page_config.json").read_text())
+    assert set(page["disabledExtensions"]) == set(page["lockedExtensions"]) == set(INSTRUCTOR_LAB_PLUGINS)
+    server = json.loads((folder / "jupyter_server_config.json").read_text())
+    assert server["ServerApp"]["jpserver_extensions"] == {"nbgrader.server_extensions.formgrader": False,
+                                                          "nbgrader.server_extensions.course_list": False}
+    env = learner_env(folder, {"JUPYTER_CONFIG_PATH": "/etc/other", "PATH": "/bin"})
+    assert env["JUPYTER_CONFIG_PATH"] == f"{folder}:/etc/other" and env["PATH"] == "/bin"
+    assert learner_env(folder, {})["JUPYTER_CONFIG_PATH"] == str(folder)

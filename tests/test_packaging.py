@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -65,3 +66,5 @@ def test_binder_postbuild_builds_workspace(tmp_path) -> None:
     expected = sorted(p.relative_to(REPO_ROOT / "chapters") for p in (REPO_ROOT / "chapters").glob("*/*.ipynb"))
     assert [p.relative_to(copy / "workspace") for p in notebooks] == expected
     assert all("BEGIN SOLUTION" not in p.read_text() for p in notebooks)
+    page_config = json.loads((tmp_path / ".jupyter" / "labconfig" / "page_config.json").read_text())
+    assert page_config["disabledExtensions"]["@jupyter/nbgrader:formgrader"] is True, page_config

@@ -48,6 +48,7 @@ from pathlib import Path
 
 from .. import course
 from ..config import CHAPTERS_DIR, DEFAULT_COURSE_DIR, REPO_ROOT, write_course_config
+from ..lab import write_learner_jupyter_config
 
 COURSE_ID = "dlbook"
 INSTRUCTOR = "instructor"  # the hub account of the instructor; its server runs as the user who started the hub
@@ -60,10 +61,7 @@ ROSTER_FIELDS = ("student_id", "first_name", "last_name", "email")
 # A student id is the learner's system user name and hub name: what useradd accepts and JupyterHub keeps as is.
 USER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 # nbgrader's tools that learners do not get (lab plugins and server extensions).
-INSTRUCTOR_LAB_PLUGINS = ("@jupyter/nbgrader:formgrader", "@jupyter/nbgrader:create-assignment",
-                          "@jupyter/nbgrader:course-list")
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-INSTRUCTOR_SERVER_EXTENSIONS = ("nbgrader.server_extensions.formgrader", "nbgrader.server_extensions.course_list")
 
 
 class ClassroomError(RuntimeError):
@@ -332,13 +330,7 @@ c.Exchange.root = {exchange!r}
 
 def write_jupyter_configs(room: Classroom) -> None:
     """Write the learners' (instructor tools off) and the instructor's Jupyter configuration folders."""
-    learner = room.config_dir("learner")
-    (learner / "labconfig").mkdir(parents=True, exist_ok=True)
-    off = dict.fromkeys(INSTRUCTOR_LAB_PLUGINS, True)
-    (learner / "labconfig" / "page_config.json").write_text(
-        json.dumps({"disabledExtensions": off, "lockedExtensions": off}, indent=2))
-    (learner / "jupyter_server_config.json").write_text(json.dumps(
-        {"ServerApp": {"jpserver_extensions": dict.fromkeys(INSTRUCTOR_SERVER_EXTENSIONS, False)}}, indent=2))
+    learner = write_learner_jupyter_config(room.config_dir("learner"))
     (learner / "nbgrader_config.py").write_text(NBGRADER_LEARNER.format(course_id=COURSE_ID, exchange=room.exchange))
     for path in [learner, learner / "labconfig", *learner.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
