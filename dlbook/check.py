@@ -204,7 +204,7 @@ def forbidden(exercise: str, *targets: tuple[Any, str],
                 setattr(owner, attr, original)
 
 
-def _parse_code(source: str) -> ast.AST | None:
+def parse_cell(source: str) -> ast.AST | None:
     """The AST of notebook code, IPython magics (``%...``, ``!...``) blanked; None if it is not Python."""
     lines = ["" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines()]
     try:
@@ -235,7 +235,7 @@ def rebuilt_ops_used(source: str, ops: Sequence[str]) -> list[str]:
     (``getattr(F, "log_" + "softmax")``) are not seen here; the grader flags them as dynamic code,
     and hidden tests still block the op at run time.
     """
-    tree = _parse_code(source)
+    tree = parse_cell(source)
     if tree is None:
         return []
     anywhere = {op.lstrip(".") for op in ops}

@@ -192,12 +192,10 @@ def assemble(ref: list[dict], sub: list[dict]) -> tuple[list[dict], list[str]]:
 
 
 def _parse(source: str) -> ast.AST | None:
-    """Return the AST of a cell, with IPython magics (``%...``, ``!...``) blanked; None if not Python."""
-    lines = ["" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines()]
-    try:
-        return ast.parse("\n".join(lines))
-    except SyntaxError:
-        return None
+    """Return the AST of a cell, with IPython magics blanked; None if not Python (one parser for the checks)."""
+    from dlbook.check import parse_cell
+
+    return parse_cell(source)
 
 
 def _nodes(cells: list[dict], kinds: tuple[str, ...]):
