@@ -240,7 +240,16 @@ def rebuilt_ops_used(source: str, ops: Sequence[str]) -> list[str]:
         return []
     anywhere = {op.lstrip(".") for op in ops}
     bare = {op for op in ops if not op.startswith(".")}
-    defined = set()  # names the code binds itself (its own functions, variables, arguments), not by import
+    defined = _names_defined(tree)
+    found = []
+    for node in ast.walk(tree):
+        found += [(getattr(node, "lineno", 0), what) for what in _op_uses(node, anywhere, bare - defined)]
+    return [f"{what} (line {line})" for line, what in sorted(set(found))]
+
+
+def _names_defined(tree: ast.AST) -> set[str]:
+    """Names the code binds itself (its own functions, variables, arguments), not by import."""
+    defined = set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             defined.add(node.name)
@@ -248,24 +257,24 @@ def rebuilt_ops_used(source: str, ops: Sequence[str]) -> list[str]:
             defined.add(node.arg)
         elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
             defined.add(node.id)
-    found = []
-    for node in ast.walk(tree):
-        line = getattr(node, "lineno", 0)
-        if isinstance(node, ast.Attribute) and node.attr in anywhere:
-            found.append((line, _spelled(node)))
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            where = f"from {node.module} " if isinstance(node, ast.ImportFrom) else ""
-            for alias in node.names:
-                # a star import brings names the check cannot see, so it counts too
-                if alias.name == "*" or alias.name.split(".")[-1] in anywhere or (alias.asname or "") in bare:
-                    renamed = f" as {alias.asname}" if alias.asname else ""
-                    found.append((line, f"{where}import {alias.name}{renamed}"))
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in anywhere:
-            found.append((line, repr(node.value)))
-        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in bare \
-                and node.id not in defined:
-            found.append((line, node.id))
-    return [f"{what} (line {line})" for line, what in sorted(set(found))]
+    return defined
+
+
+def _op_uses(node: ast.AST, anywhere: set[str], bare: set[str]) -> list[str]:
+    """How ``node`` reaches the ops (see :func:`rebuilt_ops_used`): one entry per use, none when it does not."""
+    if isinstance(node, ast.Attribute) and node.attr in anywhere:
+        return [_spelled(node)]
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        where = f"from {node.module} " if isinstance(node, ast.ImportFrom) else ""
+        # a star import brings names the check cannot see, so it counts too
+        return [f"{where}import {alias.name}" + (f" as {alias.asname}" if alias.asname else "")
+                for alias in node.names
+                if alias.name == "*" or alias.name.split(".")[-1] in anywhere or (alias.asname or "") in bare]
+    if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in anywhere:
+        return [repr(node.value)]
+    if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in bare:
+        return [node.id]
+    return []
 
 
 def rebuilds(exercise: str, function: Any, *ops: str) -> None:
@@ -291,6 +300,40 @@ def random_inputs(seed: int, *shapes: Sequence[int], scale: float = 1.0) -> list
     """Return float64 standard-normal arrays of the given shapes from a seeded generator."""
     rng = np.random.default_rng(seed)
     return [scale * rng.standard_normal(tuple(s)) for s in shapes]
+
+
+class Variant(dict):
+    """An exercise's per-learner values (:func:`variant`): a dict whose keys also read as attributes."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"this variant has no value {key!r}; it has {sorted(self)}") from None
+
+
+def variant(name: str, **values: Any) -> Variant:
+    """Return the values of the exercise ``name`` in this copy of the notebook, e.g. ``V.size`` or ``V["size"]``.
+
+    A notebook declares the values an exercise may take (``metadata.dlbook.variants``); the line
+    ``V = check.variant("ch03_conv2d_naive", n=2, ...)`` holds the instructor's values in the source,
+    and ``python -m autograder release --per-student`` writes each learner's own values into it (drawn
+    from the course secret, the learner's id and ``name``). The grader re-derives the same values, so a
+    test reads exactly what the learner's notebook shows. Here it only checks and returns them.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"variant: expected the exercise's name as a non-empty str, got {name!r}")
+    for key, value in values.items():
+        if not _plain_value(value):
+            raise TypeError(f"variant {name}: {key}={value!r} is not a plain value (expected an int, float, "
+                            "str, bool, or a list of those)")
+    return Variant(values)
+
+
+def _plain_value(value: Any) -> bool:
+    if type(value) in (list, tuple):
+        return all(_plain_value(v) for v in value)
+    return type(value) in (int, float, str, bool)
 
 
 def _kolmogorov_sf(x: float) -> float:

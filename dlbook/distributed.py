@@ -160,26 +160,7 @@ def _launch_once(payload: bytes, world_size: int, limit: float, threads: int, ec
                         env=worker_env(rank, world_size, port, threads), stdout=out, stderr=subprocess.STDOUT,
                         stdin=subprocess.DEVNULL, start_new_session=True,
                     ))
-            deadline = time.monotonic() + limit
-            failed = None
-            while True:
-                codes = [p.poll() for p in procs]
-                # a rank that wrote an "ok" result and then died in teardown has finished its work
-                codes = [0 if c not in (None, 0) and _reported_ok(tmp_path / f"result{r}.pkl") else c
-                         for r, c in enumerate(codes)]
-                failed = next((r for r, c in enumerate(codes) if c not in (None, 0)), None)
-                if failed is not None or all(c == 0 for c in codes):
-                    break
-                if time.monotonic() > deadline:
-                    waiting = [r for r, c in enumerate(codes) if c is None]
-                    raise WorkerError(
-                        f"the process group did not finish within {limit:g} s; ranks {waiting} were still "
-                        "running (a collective that not every rank joined, or a send without a matching "
-                        "recv?). Last output of rank 0:\n" + _tail(logs[0])
-                    )
-                time.sleep(0.02)
-            if failed is not None:
-                raise WorkerError(_failure_message(procs, logs, tmp_path))
+            _wait_for_ranks(procs, logs, tmp_path, limit)
         finally:
             for proc in procs:
                 _kill(proc)
@@ -192,6 +173,28 @@ def _launch_once(payload: bytes, world_size: int, limit: float, threads: int, ec
                 for line in log.read_text(errors="replace").splitlines():
                     print(f"[rank {rank}] {line}")
         return results
+
+
+def _wait_for_ranks(procs: list[subprocess.Popen], logs: list[Path], tmp_path: Path, limit: float) -> None:
+    """Return when every rank finished its work; raise WorkerError when one failed or ``limit`` s passed."""
+    deadline = time.monotonic() + limit
+    while True:
+        codes = [p.poll() for p in procs]
+        # a rank that wrote an "ok" result and then died in teardown has finished its work
+        codes = [0 if c not in (None, 0) and _reported_ok(tmp_path / f"result{r}.pkl") else c
+                 for r, c in enumerate(codes)]
+        if any(c not in (None, 0) for c in codes):
+            raise WorkerError(_failure_message(procs, logs, tmp_path))
+        if all(c == 0 for c in codes):
+            return
+        if time.monotonic() > deadline:
+            waiting = [r for r, c in enumerate(codes) if c is None]
+            raise WorkerError(
+                f"the process group did not finish within {limit:g} s; ranks {waiting} were still "
+                "running (a collective that not every rank joined, or a send without a matching "
+                "recv?). Last output of rank 0:\n" + _tail(logs[0])
+            )
+        time.sleep(0.02)
 
 
 def _reported_ok(result_file: Path) -> bool:

@@ -21,18 +21,7 @@ def show_images(
 
     ``images``: (N, H, W) or (N, H*W) for square images, or (N, C, H, W) with C in {1, 3}.
     """
-    arr = np.asarray(images.detach().cpu() if hasattr(images, "detach") else images, dtype=np.float32)
-    if arr.ndim == 2:
-        side = int(round(np.sqrt(arr.shape[1])))
-        if side * side != arr.shape[1]:
-            raise ValueError(f"expected flat square images (N, H*W), got {arr.shape}")
-        arr = arr.reshape(-1, side, side)
-    if arr.ndim == 4:
-        if arr.shape[1] not in (1, 3):
-            raise ValueError(f"expected (N, C, H, W) with C = 1 or 3 channels, got {arr.shape}")
-        arr = arr[:, 0] if arr.shape[1] == 1 else arr.transpose(0, 2, 3, 1)
-    if arr.ndim not in (3, 4):
-        raise ValueError(f"expected images of shape (N, H, W) or (N, C, H, W), got {arr.shape}")
+    arr = _image_grid_array(images)
     n = len(arr)
     if n == 0:
         raise ValueError("show_images() got no images; expected at least one")
@@ -53,6 +42,23 @@ def show_images(
             ax.set_title(str(label), fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _image_grid_array(images: Any) -> np.ndarray:
+    """``images`` as (N, H, W) or (N, H, W, 3) float32, or a ValueError that says what was expected."""
+    arr = np.asarray(images.detach().cpu() if hasattr(images, "detach") else images, dtype=np.float32)
+    if arr.ndim == 2:
+        side = int(round(np.sqrt(arr.shape[1])))
+        if side * side != arr.shape[1]:
+            raise ValueError(f"expected flat square images (N, H*W), got {arr.shape}")
+        arr = arr.reshape(-1, side, side)
+    if arr.ndim == 4:
+        if arr.shape[1] not in (1, 3):
+            raise ValueError(f"expected (N, C, H, W) with C = 1 or 3 channels, got {arr.shape}")
+        arr = arr[:, 0] if arr.shape[1] == 1 else arr.transpose(0, 2, 3, 1)
+    if arr.ndim not in (3, 4):
+        raise ValueError(f"expected images of shape (N, H, W) or (N, C, H, W), got {arr.shape}")
+    return arr
 
 
 def plot_history(histories: dict[str, dict[str, list[float]]], metric: str = "val_accuracy",

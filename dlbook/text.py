@@ -273,49 +273,86 @@ def train_lm(
     cosine schedule to a tenth; ``clip`` is the gradient-norm clipping threshold (None: no clipping).
     ``time_budget`` (seconds) stops training early, keeping the schedule's shape.
     """
-    from .train import LivePlot
-
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    device = device or default_device()
-    model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     rng = np.random.default_rng(seed)
     words = list(data.train)
+    batches: list[list[str]] = []
+
+    def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal batches
+        if not batches:
+            batches = length_batches(words, batch_size, rng)
+        return pad_batch(batches.pop(), data.vocab)
+
+    def lr_scale(step: int, elapsed: float) -> float:  # a cosine to a tenth over the steps
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step - 1, steps) / steps))
+
+    device = device or default_device()
+    return _train_loop(
+        model, steps=steps, lr=lr, clip=clip, eval_every=eval_every, device=device, live=live, title=title,
+        next_batch=next_batch, loss_of=lambda logits, y: lm_loss(logits, y), lr_scale=lr_scale,
+        stop_after=lambda step, elapsed: time_budget is not None and elapsed > time_budget,
+        evaluate=lambda: evaluate_lm(model, data.val, data.vocab, device=device))
+
+
+def _train_loop(
+    model: torch.nn.Module,
+    *,
+    steps: int,
+    lr: float,
+    clip: float | None,
+    eval_every: int,
+    device: torch.device,
+    live: bool,
+    title: str,
+    next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    lr_scale: Callable[[int, float], float],
+    stop_after: Callable[[int, float], bool],
+    evaluate: Callable[[], float],
+) -> dict[str, list[float]]:
+    """The loop :func:`train_lm` and :func:`train_text_lm` share: Adam, clipping, a progress bar, a live plot.
+
+    Before step ``s`` (1, 2, ...) the learning rate is ``lr * lr_scale(s, seconds so far)``; after it
+    training stops when ``stop_after(s, seconds so far)`` says so. The history holds ``step``,
+    ``train_loss`` and ``val_loss`` (``evaluate()``, every ``eval_every`` steps and at the end) and ``seconds``.
+    """
+    from .train import LivePlot
+
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     plot = LivePlot(["loss"], title=title, enabled=live)
     history: dict[str, list[float]] = {"step": [], "train_loss": [], "val_loss": []}
     start = time.perf_counter()
     running, seen = 0.0, 0
-    batches: list[list[str]] = []
     with tqdm(total=steps, desc=title or "training") as bar:
         for step in range(1, steps + 1):
-            if not batches:
-                batches = length_batches(words, batch_size, rng)
-            x, y = pad_batch(batches.pop(), data.vocab)
+            scale = lr_scale(step, time.perf_counter() - start)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * scale
+            x, y = next_batch()
             x, y = x.to(device), y.to(device)
             model.train()
-            loss = lm_loss(model(x), y)
+            loss = loss_of(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
-            schedule.step()
             running += loss.item()
             seen += 1
             bar.update(1)
-            out_of_time = time_budget is not None and time.perf_counter() - start > time_budget
-            if step % eval_every == 0 or step == steps or out_of_time:
-                val = evaluate_lm(model, data.val, data.vocab, device=device)
+            stop = stop_after(step, time.perf_counter() - start)
+            if step % eval_every == 0 or step == steps or stop:
+                val = evaluate()
                 history["step"].append(step)
                 history["train_loss"].append(running / seen)
                 history["val_loss"].append(val)
                 bar.set_postfix(train_loss=f"{running / seen:.3f}", val_loss=f"{val:.3f}")
                 plot.update({"train_loss": running / seen, "val_loss": val})
                 running, seen = 0.0, 0
-            if out_of_time:
+            if stop:
                 break
     history["seconds"] = [time.perf_counter() - start]
     return history
@@ -552,55 +589,29 @@ def train_text_lm(
     further along, the steps or the clock, so a slow machine stops in time with its learning rate
     fully decayed instead of being cut off at a high one.
     """
-    from .train import LivePlot
-
     if steps < 1 or warmup < 0:
         raise ValueError(f"expected steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
-    device = device or default_device()
-    model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
-    plot = LivePlot(["loss"], title=title, enabled=live)
-    history: dict[str, list[float]] = {"step": [], "train_loss": [], "val_loss": []}
-    start = time.perf_counter()
-    running, seen = 0.0, 0
-    with tqdm(total=steps, desc=title or "training") as bar:
-        for step in range(1, steps + 1):
-            progress = step / steps
-            if time_budget is not None:
-                progress = max(progress, (time.perf_counter() - start) / time_budget)
-            progress = min(progress, 1.0)
-            scale = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-            if step <= warmup:
-                scale *= step / warmup
-            for group in optimizer.param_groups:
-                group["lr"] = lr * scale
-            x, y = text_windows(data.train, batch_size, seq_len, generator)
-            x, y = x.to(device), y.to(device)
-            model.train()
-            logits = model(x)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
-            running += loss.item()
-            seen += 1
-            bar.update(1)
-            done = step == steps or progress >= 1.0
-            if step % eval_every == 0 or done:
-                val = evaluate_text_lm(model, data.val, seq_len, max_windows=eval_windows, device=device)
-                history["step"].append(step)
-                history["train_loss"].append(running / seen)
-                history["val_loss"].append(val)
-                bar.set_postfix(train_loss=f"{running / seen:.3f}", val_loss=f"{val:.3f}")
-                plot.update({"train_loss": running / seen, "val_loss": val})
-                running, seen = 0.0, 0
-            if done:
-                break
-    history["seconds"] = [time.perf_counter() - start]
-    return history
+    progress = 0.0
+
+    def lr_scale(step: int, elapsed: float) -> float:  # warm-up, then a cosine to a tenth over steps or time
+        nonlocal progress
+        progress = step / steps
+        if time_budget is not None:
+            progress = max(progress, elapsed / time_budget)
+        progress = min(progress, 1.0)
+        scale = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+        return scale * (step / warmup) if step <= warmup else scale
+
+    def loss_of(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+    device = device or default_device()
+    return _train_loop(
+        model, steps=steps, lr=lr, clip=clip, eval_every=eval_every, device=device, live=live, title=title,
+        next_batch=lambda: text_windows(data.train, batch_size, seq_len, generator), loss_of=loss_of,
+        lr_scale=lr_scale, stop_after=lambda step, elapsed: progress >= 1.0,
+        evaluate=lambda: evaluate_text_lm(model, data.val, seq_len, max_windows=eval_windows, device=device))
 
 
 @torch.no_grad()

@@ -14,7 +14,8 @@ from .conftest import CHAPTERS, CHAPTERS_DIR, NOTEBOOKS, nbgrader_meta
 
 # The issues' minimum number of graded exercises per chapter (5 where an issue does not say).
 MIN_EXERCISES = {"01_backprop": 8, "02_training": 8, "03_cnn": 8, "04_rnn": 8, "05_generative": 6,
-                 "06_rl": 6, "07_deploy": 6, "08_scale": 5}
+                 "06_rl": 6, "07_deploy": 6, "08_scale": 5,
+                 "09_less_data": 7}
 
 
 def test_there_are_chapters() -> None:

@@ -158,6 +158,19 @@ def finite_float(value) -> bool:
     return type(value) is float and value == value and value not in (float("inf"), float("-inf"))
 
 
+def _encode_numpy(value) -> dict | None:
+    import numpy as np
+
+    kind = type(value)
+    if kind is np.ndarray and not value.dtype.hasobject:
+        return {"$t": "ndarray", "npy": array_to_b64(value)}
+    if isinstance(value, np.generic) and kind.__module__ == "numpy" and not isinstance(value, np.object_):
+        return {"$t": "npscalar", "npy": array_to_b64(np.asarray(value))}
+    if kind is np.dtype:
+        return {"$t": "npdtype", "v": value.str}
+    return None
+
+
 # --- the kernel side ------------------------------------------------------------------------------
 
 class _Session:
@@ -175,39 +188,37 @@ class _Session:
 
     # values -> data
     def encode(self, value, depth: int = 0):
-        import numpy as np
-
-        kind = type(value)
-        if value is None or kind in (bool, int, str) or finite_float(value):
+        if value is None or type(value) in (bool, int, str) or finite_float(value):
             return value
         if depth > 50:
             return self.ref(value)
-        plain = encode_plain(value, lambda v: self.encode(v, depth + 1))
-        if plain is not None:
-            return plain
-        if kind is np.ndarray and not value.dtype.hasobject:
-            return {"$t": "ndarray", "npy": array_to_b64(value)}
-        if isinstance(value, np.generic) and kind.__module__ == "numpy" and not isinstance(value, np.object_):
-            return {"$t": "npscalar", "npy": array_to_b64(np.asarray(value))}
-        if kind is np.dtype:
-            return {"$t": "npdtype", "v": value.str}
+        data = encode_plain(value, lambda v: self.encode(v, depth + 1))
+        if data is None:
+            data = _encode_numpy(value)
+        if data is None:
+            data = self._encode_torch(value)
+        return self.ref(value) if data is None else data
+
+    def _encode_torch(self, value) -> dict | None:
         torch = sys.modules.get("torch")
-        if torch is not None:
-            if kind in (torch.Tensor, torch.nn.Parameter) and value.layout == torch.strided:
-                grad = value.grad if value.is_leaf else None
-                out = {"$t": "tensor", **tensor_fields(value), "param": kind is torch.nn.Parameter,
-                       "requires_grad": bool(value.requires_grad),
-                       "grad": None if grad is None else tensor_fields(grad)}
-                if value.grad_fn is not None:  # the judge may back-propagate through this graph (op "grad")
-                    out["graph"] = self.ref(value)["h"]
-                return out
-            if kind is torch.Size:
-                return {"$t": "size", "v": [int(v) for v in value]}
-            if kind is torch.dtype:
-                return {"$t": "dtype", "v": str(value).removeprefix("torch.")}
-            if kind is torch.device:
-                return {"$t": "device", "v": str(value)}
-        return self.ref(value)
+        if torch is None:
+            return None
+        kind = type(value)
+        if kind in (torch.Tensor, torch.nn.Parameter) and value.layout == torch.strided:
+            grad = value.grad if value.is_leaf else None
+            out = {"$t": "tensor", **tensor_fields(value), "param": kind is torch.nn.Parameter,
+                   "requires_grad": bool(value.requires_grad),
+                   "grad": None if grad is None else tensor_fields(grad)}
+            if value.grad_fn is not None:  # the judge may back-propagate through this graph (op "grad")
+                out["graph"] = self.ref(value)["h"]
+            return out
+        if kind is torch.Size:
+            return {"$t": "size", "v": [int(v) for v in value]}
+        if kind is torch.dtype:
+            return {"$t": "dtype", "v": str(value).removeprefix("torch.")}
+        if kind is torch.device:
+            return {"$t": "device", "v": str(value)}
+        return None
 
     def ref(self, value) -> dict:
         handle = self.handles.get(id(value))
@@ -224,79 +235,31 @@ class _Session:
     def decode(self, data):
         if not isinstance(data, dict):
             return [self.decode(v) for v in data] if isinstance(data, list) else data
-        t = data.get("$t")
-        if t in ("list", "tuple", "set", "frozenset"):
-            return {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}[t](
-                self.decode(v) for v in data["v"])
-        if t == "dict":
-            return {self.decode(k): self.decode(v) for k, v in zip(data["k"], data["v"], strict=True)}
-        if t == "iter":
-            return iter([self.decode(v) for v in data["v"]])
-        if t == "float":
-            return float(data["v"])
-        if t == "complex":
-            return complex(float(data["re"]), float(data["im"]))
-        if t == "bytes":
-            return base64.b64decode(data["b64"])
-        if t == "slice":
-            return slice(*(self.decode(v) for v in data["v"]))
-        if t == "ellipsis":
-            return Ellipsis
-        if t == "ndarray":
-            return b64_to_array(data["npy"])
-        if t == "npscalar":
-            return b64_to_array(data["npy"])[()]
-        if t == "npdtype":
-            import numpy as np
+        tag = data.get("$t")
+        decoder = _DECODERS.get(tag)
+        if decoder is None:
+            raise ProtocolError(f"unknown value tag {tag!r}")
+        return decoder(self, data)
 
-            return np.dtype(data["v"])
-        if t == "tensor":
-            return self._tensor(data)
-        if t == "size":
-            import torch
+    def _optimizer(self, data: dict):
+        cls = resolve(data["module"], data["qualname"])
+        groups = [self.decode(g) for g in data["groups"]]
+        opt = cls(groups)
+        state = self.decode(data["state"])
+        if state:
+            opt.load_state_dict({"state": state, "param_groups": [
+                {**{k: v for k, v in g.items() if k != "params"},
+                 "params": list(range(sum(len(h["params"]) for h in groups[:i]),
+                                      sum(len(h["params"]) for h in groups[: i + 1])))}
+                for i, g in enumerate(groups)]})
+        self.shared[data["k"]] = opt
+        return opt
 
-            return torch.Size(data["v"])
-        if t == "dtype":
-            import torch
+    def _unpickle(self, data: dict):
+        import pickle
 
-            return getattr(torch, data["v"])
-        if t == "device":
-            import torch
-
-            return torch.device(data["v"])
-        if t == "ref":
-            return self.objects[data["h"]]
-        if t == "mirror":
-            return self._mirror(data)
-        if t == "fn":
-            return resolve(data["module"], data["qualname"])
-        if t == "cb":
-            return self._stub(data["k"], data.get("name", "callback"))
-        if t == "module":
-            return self._module(data)
-        if t == "optimizer":
-            cls = resolve(data["module"], data["qualname"])
-            groups = [self.decode(g) for g in data["groups"]]
-            opt = cls(groups)
-            state = self.decode(data["state"])
-            if state:
-                opt.load_state_dict({"state": state, "param_groups": [
-                    {**{k: v for k, v in g.items() if k != "params"},
-                     "params": list(range(sum(len(h["params"]) for h in groups[:i]),
-                                          sum(len(h["params"]) for h in groups[: i + 1])))}
-                    for i, g in enumerate(groups)]})
-            self.shared[data["k"]] = opt
-            return opt
-        if t == "shared":
-            return self.shared[data["k"]]
-        if t == "lname":
-            return self.target({"name": data["name"]})
-        if t == "pickle":
-            import pickle
-
-            self.shared[data["k"]] = pickle.loads(base64.b64decode(data["pickle"]))  # from the judge: trusted
-            return self.shared[data["k"]]
-        raise ProtocolError(f"unknown value tag {t!r}")
+        self.shared[data["k"]] = pickle.loads(base64.b64decode(data["pickle"]))  # from the judge: trusted
+        return self.shared[data["k"]]
 
     def _tensor(self, data: dict):
         import torch
@@ -399,64 +362,69 @@ class _Session:
         return self.objects[spec["h"]]
 
     def handle(self, msg: dict):
-        op = msg.get("op")
         for key in msg.get("drop", []):  # arrays/tensors the judge no longer holds
             self.mirrors.pop(key, None)
             self.sent.pop(key, None)
             self.graph_views.pop(key, None)
         self.sync_in(msg.get("sync", {}))
-        if op == "call":
-            fn = self.target(msg["target"])
-            args, kwargs = self.decode(msg.get("args", [])), self.decode(msg.get("kwargs", {}))
-            with _forbidden(msg.get("forbid", [])):
-                return fn(*args, **kwargs)
-        if op == "getattr":
-            return getattr(self.target(msg["target"]), msg["attr"])
-        if op == "setattr":
-            setattr(self.target(msg["target"]), msg["attr"], self.decode(msg["value"]))
-            return None
-        if op == "apply":
-            name = msg["fn"]
-            if name not in APPLY:
-                raise ProtocolError(f"{name} may not be applied")
-            args = self.decode(msg.get("args", []))
-            if name == "builtins.type_name":
-                return type(args[0]).__qualname__
-            module, attr = name.split(".")
-            return getattr(operator if module == "operator" else builtins, attr)(*args)
-        if op == "grad":
-            import torch
+        op = msg.get("op")
+        request = _REQUESTS.get(op)
+        if request is None:
+            raise ProtocolError(f"unknown request {op!r}")
+        return request(self, msg)
 
-            output = self.objects[msg["h"]]
-            inputs = [self.graph_views.get(k, self.mirrors[k]) for k in msg["inputs"]]
-            with _forbidden(msg.get("forbid", [])):
-                return list(torch.autograd.grad(output, inputs, grad_outputs=self.decode(msg["grad"]),
-                                                allow_unused=True, retain_graph=True))
-        if op == "values":  # the learner's globals the tests use: plain data by value, anything else by name
-            from IPython import get_ipython
+    def _call(self, msg: dict):
+        fn = self.target(msg["target"])
+        args, kwargs = self.decode(msg.get("args", [])), self.decode(msg.get("kwargs", {}))
+        with _forbidden(msg.get("forbid", [])):
+            return fn(*args, **kwargs)
 
-            namespace, out = get_ipython().user_ns, {}
-            for name in msg.get("names", []):
-                if name in namespace:
-                    plain = self.encode(namespace[name])
-                    out[name] = None if isinstance(plain, dict) and plain.get("$t") == "ref" else {"v": namespace[name]}
-            return out
-        if op == "launch":
-            import cloudpickle
+    def _setattr(self, msg: dict) -> None:
+        setattr(self.target(msg["target"]), msg["attr"], self.decode(msg["value"]))
 
-            from dlbook import distributed
+    def _apply(self, msg: dict):
+        name = msg["fn"]
+        if name not in APPLY:
+            raise ProtocolError(f"{name} may not be applied")
+        args = self.decode(msg.get("args", []))
+        if name == "builtins.type_name":
+            return type(args[0]).__qualname__
+        module, attr = name.split(".")
+        return getattr(operator if module == "operator" else builtins, attr)(*args)
 
-            fn = cloudpickle.loads(base64.b64decode(msg["fn"]))  # from the judge: trusted
-            return distributed.launch(fn, int(msg["world"]), tuple(self.decode(msg["args"])),
-                                      **self.decode(msg["kwargs"]))
-        if op == "iter":
-            return list(self.target(msg["target"]))
-        if op == "release":
-            for handle in msg.get("refs", []):
-                obj = self.objects.pop(handle, None)
-                self.handles.pop(id(obj), None)
-            return None
-        raise ProtocolError(f"unknown request {op!r}")
+    def _grad(self, msg: dict):
+        import torch
+
+        output = self.objects[msg["h"]]
+        inputs = [self.graph_views.get(k, self.mirrors[k]) for k in msg["inputs"]]
+        with _forbidden(msg.get("forbid", [])):
+            return list(torch.autograd.grad(output, inputs, grad_outputs=self.decode(msg["grad"]),
+                                            allow_unused=True, retain_graph=True))
+
+    def _values(self, msg: dict) -> dict:
+        """The learner's globals the tests use: plain data by value, anything else by name."""
+        from IPython import get_ipython
+
+        namespace, out = get_ipython().user_ns, {}
+        for name in msg.get("names", []):
+            if name in namespace:
+                plain = self.encode(namespace[name])
+                out[name] = None if isinstance(plain, dict) and plain.get("$t") == "ref" else {"v": namespace[name]}
+        return out
+
+    def _launch(self, msg: dict):
+        import cloudpickle
+
+        from dlbook import distributed
+
+        fn = cloudpickle.loads(base64.b64decode(msg["fn"]))  # from the judge: trusted
+        return distributed.launch(fn, int(msg["world"]), tuple(self.decode(msg["args"])),
+                                  **self.decode(msg["kwargs"]))
+
+    def _release(self, msg: dict) -> None:
+        for handle in msg.get("refs", []):
+            obj = self.objects.pop(handle, None)
+            self.handles.pop(id(obj), None)
 
     def loop(self, until_reply: bool = False):
         """Answer requests; return the reply to our callback (``until_reply``) or when the judge is done."""
@@ -485,6 +453,62 @@ class _Session:
                          "message": _safe_str(err)[:2000]}
             reply["sync"] = self.sync_out()
             send_frame(self.sock, reply)
+
+
+# What the judge may ask the kernel ("op") and how each value tag it sends is rebuilt ("$t").
+_REQUESTS = {
+    "call": _Session._call,
+    "getattr": lambda session, msg: getattr(session.target(msg["target"]), msg["attr"]),
+    "setattr": _Session._setattr,
+    "apply": _Session._apply,
+    "grad": _Session._grad,
+    "values": _Session._values,
+    "launch": _Session._launch,
+    "iter": lambda session, msg: list(session.target(msg["target"])),
+    "release": _Session._release,
+}
+
+CONTAINERS = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _numpy():
+    import numpy
+
+    return numpy
+
+
+_DECODERS = {
+    **{tag: (lambda s, d, make=make: make(s.decode(v) for v in d["v"])) for tag, make in CONTAINERS.items()},
+    "dict": lambda s, d: {s.decode(k): s.decode(v) for k, v in zip(d["k"], d["v"], strict=True)},
+    "iter": lambda s, d: iter([s.decode(v) for v in d["v"]]),
+    "float": lambda s, d: float(d["v"]),
+    "complex": lambda s, d: complex(float(d["re"]), float(d["im"])),
+    "bytes": lambda s, d: base64.b64decode(d["b64"]),
+    "slice": lambda s, d: slice(*(s.decode(v) for v in d["v"])),
+    "ellipsis": lambda s, d: Ellipsis,
+    "ndarray": lambda s, d: b64_to_array(d["npy"]),
+    "npscalar": lambda s, d: b64_to_array(d["npy"])[()],
+    "npdtype": lambda s, d: _numpy().dtype(d["v"]),
+    "tensor": _Session._tensor,
+    "size": lambda s, d: _torch().Size(d["v"]),
+    "dtype": lambda s, d: getattr(_torch(), d["v"]),
+    "device": lambda s, d: _torch().device(d["v"]),
+    "ref": lambda s, d: s.objects[d["h"]],
+    "mirror": _Session._mirror,
+    "fn": lambda s, d: resolve(d["module"], d["qualname"]),
+    "cb": lambda s, d: s._stub(d["k"], d.get("name", "callback")),
+    "module": _Session._module,
+    "optimizer": _Session._optimizer,
+    "shared": lambda s, d: s.shared[d["k"]],
+    "lname": lambda s, d: s.target({"name": d["name"]}),
+    "pickle": _Session._unpickle,
+}
 
 
 def _safe_str(err: BaseException) -> str:

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .agent import (
+    CONTAINERS,
     MAX_FRAME,
     ProtocolError,
     array_to_b64,
@@ -321,22 +322,28 @@ class Connection:
 
     # encoding the judge's values for the kernel
     def encode(self, value, depth: int = 0):
-        import numpy as np
-        import torch
-
-        kind = type(value)
         if depth > MAX_DEPTH:
             raise TypeError("a value nested too deeply to pass to the learner's code")
-        if value is None or kind in (bool, int, str) or finite_float(value):
+        if value is None or type(value) in (bool, int, str) or finite_float(value):
             return value
         if isinstance(value, LearnerObject):
             if object.__getattribute__(value, "_judge_conn") is not self:
                 raise TypeError("a learner object from another test cannot be used here")
             spec = object.__getattribute__(value, "_judge_spec")
             return {"$t": "lname", "name": spec["name"]} if "name" in spec else {"$t": "ref", "h": spec["h"]}
-        plain = encode_plain(value, lambda v: self.encode(v, depth + 1))
-        if plain is not None:
-            return plain
+        data = encode_plain(value, lambda v: self.encode(v, depth + 1))
+        if data is None:
+            data = self._encode_array_like(value)
+        if data is None:
+            data = self._encode_object(value, depth)
+        return data
+
+    def _encode_array_like(self, value) -> dict | None:
+        """numpy and torch values: arrays and tensors mirrored, their scalars, dtypes, sizes and devices."""
+        import numpy as np
+        import torch
+
+        kind = type(value)
         if kind is np.ndarray or isinstance(value, torch.Tensor):
             return self._mirror(value)
         if isinstance(value, np.generic):
@@ -349,6 +356,12 @@ class Connection:
             return {"$t": "dtype", "v": str(value).removeprefix("torch.")}
         if kind is torch.device:
             return {"$t": "device", "v": str(value)}
+        return None
+
+    def _encode_object(self, value, depth: int) -> dict:
+        """Modules, optimizers, iterators, importable functions, callbacks, and anything picklable."""
+        import torch
+
         if isinstance(value, torch.nn.Module):
             return self._shared(value, module=True)
         if isinstance(value, torch.optim.Optimizer):
@@ -474,85 +487,55 @@ class Connection:
             raise ProtocolError("an untagged list")
         if type(data) is not dict:
             raise ProtocolError(f"a value of JSON type {type(data).__name__}")
-        t = data.get("$t")
-        if t in ("list", "tuple", "set", "frozenset"):
-            items = [self.decode(v, depth + 1) for v in _items(data, "v")]
-            try:
-                return {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}[t](items)
-            except TypeError as err:
-                raise ProtocolError(f"a {t} that cannot be built ({err})") from None
-        if t == "dict":
-            keys, values = _items(data, "k"), _items(data, "v")
-            if len(keys) != len(values):
-                raise ProtocolError("a dict with unequal keys and values")
-            try:
-                return {self.decode(k, depth + 1): self.decode(v, depth + 1) for k, v in zip(keys, values, strict=True)}
-            except TypeError as err:
-                raise ProtocolError(f"a dict that cannot be built ({err})") from None
-        if t == "float":
-            return _float(data.get("v"))
-        if t == "complex":
-            return complex(_float(data.get("re")), _float(data.get("im")))
-        if t == "bytes":
-            return base64.b64decode(_str(data, "b64"), validate=True)
-        if t == "slice":
-            parts = [self.decode(v, depth + 1) for v in _items(data, "v")]
-            if len(parts) != 3 or any(p is not None and type(p) is not int for p in parts):
-                raise ProtocolError("a slice that is not three ints or None")
-            return slice(*parts)
-        if t == "ellipsis":
-            return Ellipsis
-        if t == "ndarray":
-            return b64_to_array(_str(data, "npy"))
-        if t == "npscalar":
-            array = b64_to_array(_str(data, "npy"))
-            if array.shape != ():
-                raise ProtocolError("a numpy scalar that is not 0-d")
-            return array[()]
-        if t == "npdtype":
-            import numpy as np
+        tag = data.get("$t")
+        decoder = _DECODERS.get(tag) if type(tag) is str else None
+        if decoder is None:
+            raise ProtocolError(f"an unknown value tag {str(tag)[:50]!r}")
+        return decoder(self, data, depth)
 
-            try:
-                dtype = np.dtype(_str(data, "v"))
-            except TypeError as err:
-                raise ProtocolError(f"an unknown dtype ({err})") from None
-            if dtype.hasobject:
-                raise ProtocolError("an object dtype")
-            return dtype
-        if t == "tensor":
-            tensor = self._tensor(data)
-            return self._remote_graph(tensor, data["graph"]) if type(data.get("graph")) is int else tensor
-        if t == "size":
-            import torch
+    def _decode_container(self, data: dict, depth: int):
+        items = [self.decode(v, depth + 1) for v in _items(data, "v")]
+        try:
+            return CONTAINERS[data["$t"]](items)
+        except TypeError as err:
+            raise ProtocolError(f"a {data['$t']} that cannot be built ({err})") from None
 
-            sizes = [self.decode(v, depth + 1) for v in _items(data, "v")]
-            if any(type(v) is not int for v in sizes):
-                raise ProtocolError("a torch.Size of non-ints")
-            return torch.Size(sizes)
-        if t == "dtype":
-            import torch
+    def _decode_dict(self, data: dict, depth: int) -> dict:
+        keys, values = _items(data, "k"), _items(data, "v")
+        if len(keys) != len(values):
+            raise ProtocolError("a dict with unequal keys and values")
+        try:
+            return {self.decode(k, depth + 1): self.decode(v, depth + 1) for k, v in zip(keys, values, strict=True)}
+        except TypeError as err:
+            raise ProtocolError(f"a dict that cannot be built ({err})") from None
 
-            dtype = getattr(torch, _str(data, "v"), None)
-            if not isinstance(dtype, torch.dtype):
-                raise ProtocolError("an unknown torch dtype")
-            return dtype
-        if t == "device":
-            import torch
+    def _decode_slice(self, data: dict, depth: int) -> slice:
+        parts = [self.decode(v, depth + 1) for v in _items(data, "v")]
+        if len(parts) != 3 or any(p is not None and type(p) is not int for p in parts):
+            raise ProtocolError("a slice that is not three ints or None")
+        return slice(*parts)
 
-            try:
-                return torch.device(_str(data, "v"))
-            except RuntimeError as err:
-                raise ProtocolError(f"an unknown device ({err})") from None
-        if t == "ref":
-            handle = data.get("h")
-            if type(handle) is not int:
-                raise ProtocolError("a handle that is not an int")
-            obj = self.objects.get(handle)
-            if obj is None:
-                obj = LearnerObject(self, {"h": handle}, str(data.get("type", "?"))[:200])
-                self.objects[handle] = obj
-            return obj
-        raise ProtocolError(f"an unknown value tag {str(t)[:50]!r}")
+    def _decode_tensor(self, data: dict, depth: int):
+        tensor = self._tensor(data)
+        return self._remote_graph(tensor, data["graph"]) if type(data.get("graph")) is int else tensor
+
+    def _decode_size(self, data: dict, depth: int):
+        import torch
+
+        sizes = [self.decode(v, depth + 1) for v in _items(data, "v")]
+        if any(type(v) is not int for v in sizes):
+            raise ProtocolError("a torch.Size of non-ints")
+        return torch.Size(sizes)
+
+    def _decode_ref(self, data: dict, depth: int):
+        handle = data.get("h")
+        if type(handle) is not int:
+            raise ProtocolError("a handle that is not an int")
+        obj = self.objects.get(handle)
+        if obj is None:
+            obj = LearnerObject(self, {"h": handle}, str(data.get("type", "?"))[:200])
+            self.objects[handle] = obj
+        return obj
 
     def _tensor(self, data: dict):
         import torch
@@ -737,6 +720,63 @@ def _float(text) -> float:
         return float(text)
     except ValueError:
         raise ProtocolError("a float that does not parse") from None
+
+
+def _npscalar(data: dict):
+    array = b64_to_array(_str(data, "npy"))
+    if array.shape != ():
+        raise ProtocolError("a numpy scalar that is not 0-d")
+    return array[()]
+
+
+def _npdtype(data: dict):
+    import numpy as np
+
+    try:
+        dtype = np.dtype(_str(data, "v"))
+    except TypeError as err:
+        raise ProtocolError(f"an unknown dtype ({err})") from None
+    if dtype.hasobject:
+        raise ProtocolError("an object dtype")
+    return dtype
+
+
+def _torch_dtype(data: dict):
+    import torch
+
+    dtype = getattr(torch, _str(data, "v"), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ProtocolError("an unknown torch dtype")
+    return dtype
+
+
+def _torch_device(data: dict):
+    import torch
+
+    try:
+        return torch.device(_str(data, "v"))
+    except RuntimeError as err:
+        raise ProtocolError(f"an unknown device ({err})") from None
+
+
+# How each value tag the kernel may send is rebuilt: (connection, data, depth) -> value.
+_DECODERS = {
+    **dict.fromkeys(CONTAINERS, Connection._decode_container),
+    "dict": Connection._decode_dict,
+    "float": lambda conn, data, depth: _float(data.get("v")),
+    "complex": lambda conn, data, depth: complex(_float(data.get("re")), _float(data.get("im"))),
+    "bytes": lambda conn, data, depth: base64.b64decode(_str(data, "b64"), validate=True),
+    "slice": Connection._decode_slice,
+    "ellipsis": lambda conn, data, depth: Ellipsis,
+    "ndarray": lambda conn, data, depth: b64_to_array(_str(data, "npy")),
+    "npscalar": lambda conn, data, depth: _npscalar(data),
+    "npdtype": lambda conn, data, depth: _npdtype(data),
+    "tensor": Connection._decode_tensor,
+    "size": Connection._decode_size,
+    "dtype": lambda conn, data, depth: _torch_dtype(data),
+    "device": lambda conn, data, depth: _torch_device(data),
+    "ref": Connection._decode_ref,
+}
 
 
 def _same_state(a, b) -> bool:

@@ -134,6 +134,12 @@ def _restore_modules(flags: list[str]) -> None:
 
 
 def _restore_session(ip, flags: list[str]) -> None:
+    _restore_transformers_and_hooks(ip, flags)
+    _restore_shell_methods(ip, flags)
+    _restore_event_callbacks(ip, flags)
+
+
+def _restore_transformers_and_hooks(ip, flags: list[str]) -> None:
     for key, current in _transformer_lists(ip).items():
         saved = _snapshot["lists"][key]
         if list(current) != saved:
@@ -152,8 +158,11 @@ def _restore_session(ip, flags: list[str]) -> None:
         flags.append("setprofile: sys.setprofile was called")
         sys.setprofile(None)
         threading.setprofile(None)  # type: ignore[arg-type]
+
+
+def _restore_shell_methods(ip, flags: list[str]) -> None:
+    own = _snapshot["shell_instance"]
     for method in SHELL_METHODS:
-        own = _snapshot["shell_instance"]
         if vars(ip).get(method) is not own.get(method):
             flags.append(f"patched_shell: InteractiveShell.{method} overridden on the instance")
             if method in own:
@@ -171,6 +180,9 @@ def _restore_session(ip, flags: list[str]) -> None:
         if getattr(type(kernel), method, None) is not original:
             flags.append(f"patched_shell: kernel.{method} replaced")
             setattr(type(kernel), method, original)
+
+
+def _restore_event_callbacks(ip, flags: list[str]) -> None:
     for event, callbacks in ip.events.callbacks.items():
         saved = _snapshot["events"].get(event, [])
         for cb in list(callbacks):

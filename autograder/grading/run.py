@@ -71,20 +71,27 @@ def collect(kernel: Kernel, msg_id: str, timeout: float, outputs: Outputs) -> di
             msg = kc.get_iopub_msg(timeout=min(0.2, remaining))
         except queue.Empty:
             continue
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        kind, content = msg["msg_type"], msg["content"]
-        if kind == "stream":
-            outputs.add_text(content.get("name", "stdout"), content.get("text", ""))
-        elif kind in ("display_data", "execute_result"):
-            outputs.add_data(kind, content)
-        elif kind == "error":
-            error = f"{str(content.get('ename', 'Error'))[:200]}: {str(content.get('evalue', ''))[:2000]}"
-            outputs.add_error(content.get("ename", ""), content.get("evalue", ""), content.get("traceback", []))
-        elif kind == "clear_output":
-            outputs.clear()
-        elif kind == "status" and content.get("execution_state") == "idle":
-            idle = True
+        if msg["parent_header"].get("msg_id") == msg_id:
+            idle, error = _iopub(msg, outputs, error)
+    return _finish(reply, error, outputs)
+
+
+def _iopub(msg: dict, outputs: Outputs, error: str | None) -> tuple[bool, str | None]:
+    """Add one IOPub message to ``outputs``; return (the kernel went idle, the cell's error so far)."""
+    kind, content = msg["msg_type"], msg["content"]
+    if kind == "stream":
+        outputs.add_text(content.get("name", "stdout"), content.get("text", ""))
+    elif kind in ("display_data", "execute_result"):
+        outputs.add_data(kind, content)
+    elif kind == "error":
+        error = f"{str(content.get('ename', 'Error'))[:200]}: {str(content.get('evalue', ''))[:2000]}"
+        outputs.add_error(content.get("ename", ""), content.get("evalue", ""), content.get("traceback", []))
+    elif kind == "clear_output":
+        outputs.clear()
+    return kind == "status" and content.get("execution_state") == "idle", error
+
+
+def _finish(reply: dict, error: str | None, outputs: Outputs) -> dict:
     if any(isinstance(p, dict) and p.get("source") == "ask_exit" for p in reply.get("payload", [])):
         return {"status": "crashed", "outputs": outputs.finish(), "error": "the cell called exit()"}
     status = "ok" if reply.get("status") == "ok" and error is None else "error"

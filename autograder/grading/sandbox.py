@@ -553,8 +553,6 @@ class Kernel:
         raise RuntimeError(f"the kernel did not start ({tries} tries): " + " | ".join(errors))
 
     def _start_once(self, timeout: float) -> None:
-        from jupyter_client import BlockingKernelClient
-
         self.stop()
         self._starts += 1
         n = self._starts
@@ -584,7 +582,12 @@ class Kernel:
             except BaseException:
                 self.log.close()
                 raise
-        conn_dir = self._open_sockets(deadline, timeout, n)
+        self._connect(self._open_sockets(deadline, timeout, n), n, deadline, timeout)
+
+    def _connect(self, conn_dir: Path, n: int, deadline: float, timeout: float) -> None:
+        """A client on the kernel's sockets, once it answers ``kernel_info`` (its start-up output dropped)."""
+        from jupyter_client import BlockingKernelClient
+
         host_conn = self.run_dir / f"host-{n}.json"
         host_conn.write_text(json.dumps(self._connection(str(conn_dir / "k"))))
         client = BlockingKernelClient()
