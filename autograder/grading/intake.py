@@ -107,11 +107,21 @@ def match_notebooks(ref_names: list[str], ref_ids: dict[str, set[str]], folder: 
     if everything is None:
         parsed.update({n: (folder / n, None, why) for n, why in (rejected or {}).items() if n not in withheld})
     parsed.update({n: (None, None, flag) for n, flag in withheld.items()})
-    out, used = {}, set()
+    out = {name: parsed[name] for name in ref_names if name in parsed}
+    used = set(out)
+    _match_renamed(ref_names, ref_ids, parsed, out, used)
+    unmatched = [n for n in parsed if n not in used]
+    missing = [n for n in ref_names if n not in out]
+    if len(missing) == 1 and len(unmatched) == 1:  # one unreadable or unrecognisable file: that one
+        out[missing[0]] = parsed[unmatched[0]]
     for name in ref_names:
-        if name in parsed:
-            out[name] = parsed[name]
-            used.add(name)
+        out.setdefault(name, (None, None, everything or "no such notebook in the submission"))
+    return out
+
+
+def _match_renamed(ref_names: list[str], ref_ids: dict[str, set[str]], parsed: dict[str, tuple], out: dict,
+                   used: set[str]) -> None:
+    """Match the references not found by name to the unused files holding most of their grade_ids."""
     for name in ref_names:
         if name in out:
             continue
@@ -125,13 +135,6 @@ def match_notebooks(ref_names: list[str], ref_ids: dict[str, set[str]], folder: 
             out[name] = (None, None, f"ambiguous_submission: {name} matches {', '.join(map(_show, tied))} "
                                      f"equally (by grade_ids); none is graded")
             used.update(tied)
-    unmatched = [n for n in parsed if n not in used]
-    missing = [n for n in ref_names if n not in out]
-    if len(missing) == 1 and len(unmatched) == 1:  # one unreadable or unrecognisable file: that one
-        out[missing[0]] = parsed[unmatched[0]]
-    for name in ref_names:
-        out.setdefault(name, (None, None, everything or "no such notebook in the submission"))
-    return out
 
 
 # --- a batch -----------------------------------------------------------------------------------
@@ -163,12 +166,10 @@ def _safe_extract(archive: Path, dest: Path, max_bytes: int = 2 << 30,
     except Exception as err:  # noqa: BLE001 - reported, never raised
         return [f"{where}: cannot be read ({_why(err)}); nothing extracted"], rejected
     with zf:
-        members = []
-        for info in zf.infolist()[:max_members]:
-            name = PurePosixPath(info.filename)
-            if name.is_absolute() or ".." in name.parts or not name.parts or name.parts[0] == "__MACOSX":
-                continue  # never outside dest; macOS resource forks are no submission
-            members.append((name, info))
+        members = [(PurePosixPath(info.filename), info) for info in zf.infolist()[:max_members]]
+        # never outside dest; macOS resource forks are no submission
+        members = [(name, info) for name, info in members if not (
+            name.is_absolute() or ".." in name.parts or not name.parts or name.parts[0] == "__MACOSX")]
         if len(zf.infolist()) > max_members:
             notes.append(f"{where}: more than {max_members} members; the rest were not extracted")
         files = [n for n, i in members if not i.is_dir()]
@@ -178,21 +179,12 @@ def _safe_extract(archive: Path, dest: Path, max_bytes: int = 2 << 30,
             counts[n] = counts.get(n, 0) + 1
         total = 0
         for name, info in members:
+            if info.is_dir():
+                continue  # folders are made for the files in them
             try:
-                kind = _member_kind(info)
-                if info.is_dir():
-                    continue  # folders are made for the files in them
-                if kind == stat.S_IFLNK:
-                    rejected[name] = f"symlink_rejected: {name.name} is a symbolic link in the zip (not extracted)"
-                    notes.append(f"{where}: skipped member {_show(info.filename)}: a symbolic link")
-                elif kind not in (0, stat.S_IFREG):
-                    notes.append(f"{where}: skipped member {_show(info.filename)}: not a regular file")
-                elif counts[name] > 1 or name in folders:
-                    why = f"given {counts[name]} times" if counts[name] > 1 else "both a file and a folder"
-                    if name not in rejected:
-                        notes.append(f"{where}: skipped member {_show(info.filename)}: {why} (ambiguous)")
-                    rejected[name] = f"ambiguous_submission: {name.name} is {why} in the zip; none is graded"
-                elif total + info.file_size > max_bytes:
+                if _refused(name, info, counts[name], name in folders, rejected, notes, where):
+                    continue
+                if total + info.file_size > max_bytes:
                     notes.append(f"{where}: skipped member {_show(info.filename)}: the zip would unpack to "
                                  f"more than {max_bytes} bytes")
                 else:
@@ -201,6 +193,26 @@ def _safe_extract(archive: Path, dest: Path, max_bytes: int = 2 << 30,
             except Exception as err:  # noqa: BLE001 - one bad member never stops the others
                 notes.append(f"{where}: skipped member {_show(info.filename)}: {_why(err)}")
     return notes, rejected
+
+
+def _refused(name: PurePosixPath, info: zipfile.ZipInfo, count: int, is_folder: bool,
+             rejected: dict[PurePosixPath, str], notes: list[str], where: str) -> bool:
+    """True for a member that is not extracted (a link, a special file, a name given twice or also a folder)."""
+    kind = _member_kind(info)
+    if kind == stat.S_IFLNK:
+        rejected[name] = f"symlink_rejected: {name.name} is a symbolic link in the zip (not extracted)"
+        notes.append(f"{where}: skipped member {_show(info.filename)}: a symbolic link")
+        return True
+    if kind not in (0, stat.S_IFREG):
+        notes.append(f"{where}: skipped member {_show(info.filename)}: not a regular file")
+        return True
+    if count > 1 or is_folder:
+        why = f"given {count} times" if count > 1 else "both a file and a folder"
+        if name not in rejected:
+            notes.append(f"{where}: skipped member {_show(info.filename)}: {why} (ambiguous)")
+        rejected[name] = f"ambiguous_submission: {name.name} is {why} in the zip; none is graded"
+        return True
+    return False
 
 
 def _extract_one(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> None:
@@ -255,19 +267,8 @@ def discover(submissions: Path, assignment: str, scratch: Path) -> tuple[Roster,
     links are never followed; nothing ambiguous is merged (see the module's rules). The returned
     :class:`Roster` also says, per student, which notebooks to report as withheld.
     """
-    submissions = Path(submissions)
     problems: list[str] = []
-    rejected: dict[PurePosixPath, str] = {}
-    if submissions.is_file() and zipfile.is_zipfile(submissions):
-        root = scratch / "unzipped"
-        root.mkdir(parents=True, exist_ok=True)
-        notes, rejected = _safe_extract(submissions, root)
-        problems += notes
-        top = _unwrap(root, assignment)
-        if top != root:  # the rejected members' paths, from inside the wrapping folder
-            rejected = {PurePosixPath(*p.parts[1:]): f for p, f in rejected.items()
-                        if len(p.parts) > 1 and p.parts[0] == top.name}
-        submissions = top
+    submissions, rejected = _unzipped(Path(submissions), assignment, scratch, problems)
     if not submissions.is_dir():
         raise FileNotFoundError(f"expected a folder of submissions or a zip at {submissions}")
 
@@ -280,46 +281,73 @@ def discover(submissions: Path, assignment: str, scratch: Path) -> tuple[Roster,
         except Exception as err:  # noqa: BLE001 - one bad entry never stops the batch
             problems.append(f"skipped {_show(entry.name)}: {_why(err)}")
     for path, flag in rejected.items():  # notebooks of the zip that were extracted as nothing
-        parts = path.parts
-        if not path.name.endswith(".ipynb"):
-            continue
-        if len(parts) == 1 and _loose_id(parts[0]):
-            student, name = _loose_id(parts[0])
-            loose.setdefault(student, {})
-        elif len(parts) in (2, 3) and STUDENT_PATTERN.match(parts[0]) and parts[1:-1] in ((), (assignment,)):
-            student, name = parts[0], parts[-1]
-            if student not in folders:  # nothing else of that folder to grade: an empty one stands for it
-                folders[student] = _empty(scratch, student)
-            elif folders[student] not in (scratch / "withheld" / student, submissions.joinpath(*parts[:-1])):
-                continue  # beside the folder that is graded (``<student>/`` when ``<student>/<assignment>/`` is)
-        else:
-            continue
-        withheld.setdefault(student, {})[name] = flag
-
+        student_name = _rejected_owner(path, assignment, folders, loose, scratch, submissions)
+        if student_name:
+            withheld.setdefault(student_name[0], {})[student_name[1]] = flag
     students = Roster()
     for student in sorted(set(folders) | set(loose) | set(withheld)):
         try:
-            held = withheld.get(student, {})
-            files = [f for fs in loose.get(student, {}).values() for f in fs]
-            if student in folders and student in loose:
-                shown = ", ".join(_show(f.name) for f in files) or "(links or zip members not extracted)"
-                flag = (f"ambiguous_submission: {student} is both a folder {_show(student + '/')} and loose "
-                        f"files {shown}; not merged, none is graded")
-                problems.append(f"{student}: {flag.split(': ', 1)[1]}")
-                students[student], students.withheld[student] = _empty(scratch, student), {EVERYTHING: flag}
-            elif student in folders:
-                students[student] = folders[student]
-                if held:
-                    students.withheld[student] = held
-            else:
-                students[student] = _lms_folder(scratch, student, loose.get(student, {}), held, problems)
-                if held:
-                    students.withheld[student] = held
+            _add_student(students, student, folders, loose, withheld.get(student, {}), scratch, problems)
         except Exception as err:  # noqa: BLE001 - one student's files never stop the batch
             students.pop(student, None)
             students.withheld.pop(student, None)
             problems.append(f"skipped student {_show(student)}: {_why(err)}")
     return students, problems
+
+
+def _unzipped(submissions: Path, assignment: str, scratch: Path,
+              problems: list[str]) -> tuple[Path, dict[PurePosixPath, str]]:
+    """A zip's folder of submissions (extracted under ``scratch``) and its members not extracted; a folder as it is."""
+    if not (submissions.is_file() and zipfile.is_zipfile(submissions)):
+        return submissions, {}
+    root = scratch / "unzipped"
+    root.mkdir(parents=True, exist_ok=True)
+    notes, rejected = _safe_extract(submissions, root)
+    problems += notes
+    top = _unwrap(root, assignment)
+    if top != root:  # the rejected members' paths, from inside the wrapping folder
+        rejected = {PurePosixPath(*p.parts[1:]): f for p, f in rejected.items()
+                    if len(p.parts) > 1 and p.parts[0] == top.name}
+    return top, rejected
+
+
+def _rejected_owner(path: PurePosixPath, assignment: str, folders: dict, loose: dict, scratch: Path,
+                    submissions: Path) -> tuple[str, str] | None:
+    """(student, notebook name) a zip member that was not extracted stands for; None when it is no submission."""
+    parts = path.parts
+    if not path.name.endswith(".ipynb"):
+        return None
+    if len(parts) == 1 and _loose_id(parts[0]):
+        student, name = _loose_id(parts[0])
+        loose.setdefault(student, {})
+        return student, name
+    if len(parts) in (2, 3) and STUDENT_PATTERN.match(parts[0]) and parts[1:-1] in ((), (assignment,)):
+        student, name = parts[0], parts[-1]
+        if student not in folders:  # nothing else of that folder to grade: an empty one stands for it
+            folders[student] = _empty(scratch, student)
+        elif folders[student] not in (scratch / "withheld" / student, submissions.joinpath(*parts[:-1])):
+            return None  # beside the folder that is graded (``<student>/`` when ``<student>/<assignment>/`` is)
+        return student, name
+    return None
+
+
+def _add_student(students: Roster, student: str, folders: dict, loose: dict, held: dict[str, str], scratch: Path,
+                 problems: list[str]) -> None:
+    """Put ``student``'s folder (or the folder made of their loose files) and withheld notebooks in ``students``."""
+    files = [f for fs in loose.get(student, {}).values() for f in fs]
+    if student in folders and student in loose:
+        shown = ", ".join(_show(f.name) for f in files) or "(links or zip members not extracted)"
+        flag = (f"ambiguous_submission: {student} is both a folder {_show(student + '/')} and loose "
+                f"files {shown}; not merged, none is graded")
+        problems.append(f"{student}: {flag.split(': ', 1)[1]}")
+        students[student], students.withheld[student] = _empty(scratch, student), {EVERYTHING: flag}
+        return
+    if student in folders:
+        students[student] = folders[student]
+    else:
+        students[student] = _lms_folder(scratch, student, loose.get(student, {}), held, problems)
+    if held:
+        students.withheld[student] = held
 
 
 def _classify(entry: os.DirEntry, assignment: str, folders: dict, loose: dict, withheld: dict,
@@ -334,23 +362,7 @@ def _classify(entry: os.DirEntry, assignment: str, folders: dict, loose: dict, w
                                                      f"(links are never followed)")
         problems.append(f"skipped {_show(entry.name)}: a symbolic link (links are never followed)")
     elif entry.is_dir(follow_symlinks=False):
-        d = Path(entry.path)
-        inner = d
-        if os.path.lexists(d / assignment):
-            if _is_dir(d / assignment):
-                inner = d / assignment
-            else:
-                problems.append(f"skipped {_show(f'{entry.name}/{assignment}')}: a symbolic link or not a folder")
-        names = _notebook_names(inner)
-        if not names:
-            return
-        if not STUDENT_PATTERN.match(entry.name):
-            problems.append(f"skipped folder {_show(entry.name)}: not a valid student id")
-            return
-        folders[entry.name] = inner
-        for name in names:
-            if os.path.islink(inner / name):
-                problems.append(f"{entry.name}: {_show(name)} is a symbolic link: rejected, never followed")
+        _classify_folder(entry, assignment, folders, problems)
     elif entry.name.endswith(".ipynb") and entry.is_file(follow_symlinks=False):
         ids = _loose_id(entry.name)
         if ids is None:
@@ -358,6 +370,27 @@ def _classify(entry: os.DirEntry, assignment: str, folders: dict, loose: dict, w
             return
         student, name = ids
         loose.setdefault(student, {}).setdefault(name, []).append(Path(entry.path))
+
+
+def _classify_folder(entry: os.DirEntry, assignment: str, folders: dict, problems: list[str]) -> None:
+    """A student's folder: ``<student>/<assignment>/`` if there is one, else ``<student>/``."""
+    d = Path(entry.path)
+    inner = d
+    if os.path.lexists(d / assignment):
+        if _is_dir(d / assignment):
+            inner = d / assignment
+        else:
+            problems.append(f"skipped {_show(f'{entry.name}/{assignment}')}: a symbolic link or not a folder")
+    names = _notebook_names(inner)
+    if not names:
+        return
+    if not STUDENT_PATTERN.match(entry.name):
+        problems.append(f"skipped folder {_show(entry.name)}: not a valid student id")
+        return
+    folders[entry.name] = inner
+    for name in names:
+        if os.path.islink(inner / name):
+            problems.append(f"{entry.name}: {_show(name)} is a symbolic link: rejected, never followed")
 
 
 def _empty(scratch: Path, student: str) -> Path:

@@ -62,6 +62,15 @@ def load_submission(path: Path, max_bytes: int = MAX_NOTEBOOK_BYTES) -> list[dic
     of the ValueError says what is wrong (not UTF-8, invalid or too deeply nested JSON, a cell whose
     source is not text, metadata that is not an object, ...). An OSError means it could not be opened.
     """
+    data = _json_of(_read_bounded(path, max_bytes))
+    cells = data.get("cells") if isinstance(data, dict) else None
+    if not isinstance(cells, list):
+        raise ValueError("not a notebook (no list of cells)")
+    return [_submitted_cell(i, cell) for i, cell in enumerate(cells, 1)]
+
+
+def _read_bounded(path: Path, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` (a link is not followed); ValueError otherwise."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as err:
@@ -76,39 +85,41 @@ def load_submission(path: Path, max_bytes: int = MAX_NOTEBOOK_BYTES) -> list[dic
     if info.st_size > max_bytes or len(raw) > max_bytes:
         raise ValueError(f"too large: {max(info.st_size, len(raw))} bytes, a notebook may have "
                          f"{max_bytes >> 20} MiB at most")
+    return raw
+
+
+def _json_of(raw: bytes):
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ValueError(f"not UTF-8 text ({err.reason} at byte {err.start})") from err
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except RecursionError as err:
         raise ValueError("not a notebook (invalid JSON: nested too deeply)") from err
     except ValueError as err:  # JSONDecodeError, or an integer of too many digits
         raise ValueError(f"not a notebook (invalid JSON: {str(err)[:200]})") from err
-    cells = data.get("cells") if isinstance(data, dict) else None
-    if not isinstance(cells, list):
-        raise ValueError("not a notebook (no list of cells)")
-    out = []
-    for i, cell in enumerate(cells, 1):
-        if not isinstance(cell, dict) or cell.get("cell_type") not in ("code", "markdown", "raw"):
-            raise ValueError("not a notebook (a cell without a valid cell_type)")
-        src = cell.get("source", "")
-        if isinstance(src, list) and all(isinstance(line, str) for line in src):
-            src = "".join(src)
-        elif not isinstance(src, str):
-            raise ValueError(f"cell {i}: source is not a string or a list of strings")
-        try:
-            src.encode("utf-8")
-        except UnicodeEncodeError as err:
-            raise ValueError(f"cell {i}: source is not valid Unicode ({err.reason})") from err
-        meta = cell.get("metadata", {})
-        if not isinstance(meta, dict):
-            raise ValueError(f"cell {i}: metadata is not an object")
-        if not isinstance(meta.get("nbgrader", {}), dict):
-            raise ValueError(f"cell {i}: metadata.nbgrader is not an object")
-        out.append({"cell_type": cell["cell_type"], "source": src, "meta": _meta(cell)})
-    return out
+
+
+def _submitted_cell(i: int, cell) -> dict:
+    """``{cell_type, source, meta}`` of the submission's cell number ``i``; ValueError saying what is wrong."""
+    if not isinstance(cell, dict) or cell.get("cell_type") not in ("code", "markdown", "raw"):
+        raise ValueError("not a notebook (a cell without a valid cell_type)")
+    src = cell.get("source", "")
+    if isinstance(src, list) and all(isinstance(line, str) for line in src):
+        src = "".join(src)
+    elif not isinstance(src, str):
+        raise ValueError(f"cell {i}: source is not a string or a list of strings")
+    try:
+        src.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"cell {i}: source is not valid Unicode ({err.reason})") from err
+    meta = cell.get("metadata", {})
+    if not isinstance(meta, dict):
+        raise ValueError(f"cell {i}: metadata is not an object")
+    if not isinstance(meta.get("nbgrader", {}), dict):
+        raise ValueError(f"cell {i}: metadata.nbgrader is not an object")
+    return {"cell_type": cell["cell_type"], "source": src, "meta": _meta(cell)}
 
 
 def _norm(source: str) -> str:
@@ -138,33 +149,48 @@ def assemble(ref: list[dict], sub: list[dict]) -> tuple[list[dict], list[str]]:
             continue
         refc = by_id.get(gid) if gid else None
         if refc is None or gid in seen:
-            if gid and gid in seen:
-                flags.append(f"duplicate_grade_id: {gid} appears again; run as plain code")
-            elif gid and cell["meta"]:
-                flags.append(f"unknown_grade_id: {gid} is not in the reference; run as plain code")
-            norm = _norm(cell["source"])
-            match = next((i for i, src in code_cells.items() if i not in claimed and src == norm), None)
-            if match is not None:
-                claimed.add(match)
-                run.append({"kind": "code", "source": ref[match]["source"], "grade_id": None, "ref_index": match})
-            elif norm:
-                run.append({"kind": "extra", "source": cell["source"], "grade_id": None})
+            _plain_code_cell(cell, gid, seen, ref, code_cells, claimed, run, flags)
             continue
         seen.add(gid)
-        for key in ("grade", "solution", "locked", "points"):
-            if key in refc["meta"] and cell["meta"].get(key) != refc["meta"].get(key):
-                flags.append(f"metadata_changed: {gid} has {key}={cell['meta'].get(key)!r}, "
-                             f"reference {refc['meta'].get(key)!r} (the reference is used)")
-        if refc["kind"] == "test":
-            if _norm(cell["source"]) != _norm(visible_source(refc["source"])):
-                flags.append(f"test_cell_edited: {gid} (the reference test is run)")
-            run.append({"kind": "test", "source": refc["source"], "grade_id": gid, "points": refc["points"]})
-        else:
-            run.append({"kind": "solution", "source": cell["source"], "grade_id": gid})
+        run.append(_graded_cell(cell, gid, refc, flags))
     extra = sum(c["kind"] == "extra" for c in run)
     if extra:
         flags.append(f"extra_cells: {extra} code cell(s) that are not in the reference (run as written)")
-    # Put back missing reference cells, each right after the reference cell that precedes it.
+    _restore_missing(ref, run, flags)
+    return run, flags
+
+
+def _plain_code_cell(cell: dict, gid: str | None, seen: set[str], ref: list[dict], code_cells: dict[int, str],
+                     claimed: set[int], run: list[dict], flags: list[str]) -> None:
+    """A code cell that is no exercise: the reference's setup cell it matches, else the learner's extra code."""
+    if gid and gid in seen:
+        flags.append(f"duplicate_grade_id: {gid} appears again; run as plain code")
+    elif gid and cell["meta"]:
+        flags.append(f"unknown_grade_id: {gid} is not in the reference; run as plain code")
+    norm = _norm(cell["source"])
+    match = next((i for i, src in code_cells.items() if i not in claimed and src == norm), None)
+    if match is not None:
+        claimed.add(match)
+        run.append({"kind": "code", "source": ref[match]["source"], "grade_id": None, "ref_index": match})
+    elif norm:
+        run.append({"kind": "extra", "source": cell["source"], "grade_id": None})
+
+
+def _graded_cell(cell: dict, gid: str, refc: dict, flags: list[str]) -> dict:
+    """The cell to run for a solution or test cell of the submission (a test always as the reference wrote it)."""
+    for key in ("grade", "solution", "locked", "points"):
+        if key in refc["meta"] and cell["meta"].get(key) != refc["meta"].get(key):
+            flags.append(f"metadata_changed: {gid} has {key}={cell['meta'].get(key)!r}, "
+                         f"reference {refc['meta'].get(key)!r} (the reference is used)")
+    if refc["kind"] == "test":
+        if _norm(cell["source"]) != _norm(visible_source(refc["source"])):
+            flags.append(f"test_cell_edited: {gid} (the reference test is run)")
+        return {"kind": "test", "source": refc["source"], "grade_id": gid, "points": refc["points"]}
+    return {"kind": "solution", "source": cell["source"], "grade_id": gid}
+
+
+def _restore_missing(ref: list[dict], run: list[dict], flags: list[str]) -> None:
+    """Put back missing reference cells, each right after the reference cell that precedes it."""
     anchor = -1
     for i, refc in enumerate(ref):
         if refc["kind"] == "markdown":
@@ -188,7 +214,6 @@ def assemble(ref: list[dict], sub: list[dict]) -> tuple[list[dict], list[str]]:
             continue
         run.insert(anchor + 1, entry)
         anchor += 1
-    return run, flags
 
 
 def _parse(source: str) -> ast.AST | None:
@@ -299,6 +324,28 @@ def _literal_name(args: list[ast.expr]) -> bool:
     return len(args) >= 2 and isinstance(args[1], ast.Constant) and isinstance(args[1].value, str)
 
 
+def _dynamic_use(node: ast.AST, callee: dict[int, ast.Call]) -> str | None:
+    """What ``node`` uses to run, import or reach code by a computed name (see :func:`dynamic_code_flags`)."""
+    name = node.id if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) else None
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and \
+            node.value.id in ("builtins", "__builtins__"):
+        name = node.attr
+    if name in DYNAMIC_BUILTINS:
+        return name
+    if name in ATTRIBUTE_BUILTINS:
+        call = callee.get(id(node))
+        if call is None:
+            return f"{name} (not called by name)"
+        return None if _literal_name(call.args) else f"{name} with a computed attribute name"
+    if isinstance(node, ast.Attribute) and node.attr in DYNAMIC_IMPORTERS:
+        base = node.value.id if isinstance(node.value, ast.Name) else "..."
+        return f"{base}.{node.attr}"
+    if isinstance(node, ast.ImportFrom) and node.module in ("importlib", "builtins"):
+        names = [a.name for a in node.names if a.name in DYNAMIC_IMPORTERS | DYNAMIC_BUILTINS | ATTRIBUTE_BUILTINS]
+        return ", ".join(f"{node.module}.{n}" for n in names) or None
+    return None
+
+
 def dynamic_code_flags(run: list[dict]) -> list[str]:
     """Flag solution cells that run or import code by name, or reach attributes by a computed name.
 
@@ -314,26 +361,7 @@ def dynamic_code_flags(run: list[dict]) -> list[str]:
         nodes = list(ast.walk(tree)) if tree else []
         callee = {id(n.func): n for n in nodes if isinstance(n, ast.Call)}
         for node in nodes:
-            used = None
-            name = node.id if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) else None
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and \
-                    node.value.id in ("builtins", "__builtins__"):
-                name = node.attr
-            if name in DYNAMIC_BUILTINS:
-                used = name
-            elif name in ATTRIBUTE_BUILTINS:
-                call = callee.get(id(node))
-                if call is None:
-                    used = f"{name} (not called by name)"
-                elif not _literal_name(call.args):
-                    used = f"{name} with a computed attribute name"
-            elif isinstance(node, ast.Attribute) and node.attr in DYNAMIC_IMPORTERS:
-                base = node.value.id if isinstance(node.value, ast.Name) else "..."
-                used = f"{base}.{node.attr}"
-            elif isinstance(node, ast.ImportFrom) and node.module in ("importlib", "builtins"):
-                names = [a.name for a in node.names if a.name in DYNAMIC_IMPORTERS | DYNAMIC_BUILTINS
-                         | ATTRIBUTE_BUILTINS]
-                used = ", ".join(f"{node.module}.{n}" for n in names) or None
+            used = _dynamic_use(node, callee)
             if used:
                 flags.add(f"dynamic_code: {cell['grade_id']} uses {used}")
     return sorted(flags)
