@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import course
 from .config import CHAPTERS_DIR, DEFAULT_COURSE_DIR, LEARNER_COURSE_DIR, REPO_ROOT
+from .variants import VariantError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +21,11 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("release", help="generate the student version of chapters")
     p.add_argument("chapters", nargs="*", help="chapter folders, e.g. 01_backprop (default: all)")
+    p.add_argument("--per-student", type=Path, default=None, metavar="ROSTER",
+                   help="also one release per learner of this CSV (student_id column) with their own exercise "
+                        "values, in COURSE_DIR/release-per-student/ (see autograder/variants.py)")
+    p.add_argument("--exchange", type=Path, default=None,
+                   help="with --per-student: also into EXCHANGE/dlbook/personal/<student>/ (the classroom's)")
 
     p = sub.add_parser("lab", add_help=False,
                        help="learners: build workspace/ and open JupyterLab on it (`lab --help` for more)")
@@ -58,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="local (processes here, default) or dask://HOST:PORT (the workers of a Dask scheduler)")
     p.add_argument("--regrade", action="store_true",
                    help="grade every submission again (default: skip those unchanged since the gradebook got them)")
+    p.add_argument("--policy", type=Path, default=None,
+                   help="due dates, late penalty, extensions (default: COURSE_DIR/policy.toml if it exists; README)")
 
     p = sub.add_parser("worker", help="start a Dask grading worker on this host (one slot per core)")
     p.add_argument("scheduler", help="the Dask scheduler: HOST:PORT, tcp://HOST:PORT or dask://HOST:PORT")
@@ -83,6 +91,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="the CSV layout (default nbgrader; see below)")
     p.add_argument("--db", default=None, help="gradebook SQLAlchemy URL (default: the course's gradebook.db)")
     p.add_argument("--chapters", nargs="*", default=None, help="only these assignments (default: all)")
+
+    p = sub.add_parser("similarity", help="rank pairs of learners by how alike their own code is (HTML and CSV)")
+    p.add_argument("chapter")
+    p.add_argument("submissions", type=Path,
+                   help="nbgrader submitted/ tree, SUBMISSIONS/<student>/*.ipynb, or an LMS zip (as for grade)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="report.html and pairs.csv (default: build/similarity/CHAPTER)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="pairs at or above this score (0-1) are shown in report.html (default 0.5)")
 
     p = sub.add_parser("bench", help="execute every chapter at full settings and check its targets")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "build" / "bench.json")
@@ -122,7 +139,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     course_dir, source_dir = args.course_dir.resolve(), args.source_dir.resolve()
     try:
-        if args.command == "release":
+        if args.command == "release" and args.per_student:
+            from .variants import release_per_student
+
+            chapters = args.chapters or course.list_chapters(source_dir)
+            for chapter, folders in release_per_student(chapters, args.per_student, course_dir, source_dir,
+                                                        args.exchange).items():
+                print(f"released {chapter} for {len(folders)} learners in {course_dir / 'release-per-student'}")
+        elif args.command == "release":
+            if args.exchange:
+                parser.error("--exchange goes with --per-student")
             for path in course.release(args.chapters or None, course_dir, source_dir):
                 print(f"released {path}")
         elif args.command == "workspace":
@@ -161,9 +187,19 @@ def main(argv: list[str] | None = None) -> int:
                       "group only, NOT confined on disk or network (see the README)", file=sys.stderr)
             db = args.db or f"sqlite:///{course_dir / 'gradebook.db'}"
             course_dir.mkdir(parents=True, exist_ok=True)
+            from .grading.deadlines import PolicyError, load_policy
+            from .variants import for_grading
+
+            policy_path = args.policy or course_dir / "policy.toml"
+            try:  # deadlines: an explicit --policy must exist; the course's own is optional
+                policy = (load_policy(policy_path, course.list_chapters(source_dir))
+                          if args.policy or policy_path.is_file() else None)
+            except (PolicyError, OSError) as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
             result = grade(args.chapter, args.submissions, source_dir, args.out or course_dir / "graded" / args.chapter,
                            workers=args.workers, db_url=db, settings=settings, executor=args.executor,
-                           regrade=args.regrade)
+                           regrade=args.regrade, variants=for_grading(course_dir, args.chapter), policy=policy)
             print(result.summary())
             if args.profile:
                 print(result.profile())
@@ -182,6 +218,15 @@ def main(argv: list[str] | None = None) -> int:
 
                 db = args.db or f"sqlite:///{course_dir / 'gradebook.db'}"
                 print(f"grades written to {export_grades(db, args.format, args.to, args.chapters)} ({args.format})")
+        elif args.command == "similarity":
+            from .grading.similarity import THRESHOLD, similarity
+
+            course._check_chapter(args.chapter, source_dir)
+            threshold = THRESHOLD if args.threshold is None else args.threshold
+            if not 0.0 <= threshold <= 1.0:
+                parser.error(f"--threshold: expected a number between 0 and 1, got {threshold}")
+            out = args.out or REPO_ROOT / "build" / "similarity" / args.chapter
+            print(similarity(args.chapter, args.submissions, source_dir, out, threshold).summary())
         elif args.command == "bench":
             from .bench import run_bench
 
@@ -195,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
 
                     ok = run_dask_bench(args.out, args.dask_submissions) and ok
             return 0 if ok else 1
-    except (course.CourseError, FileNotFoundError, ConnectionError) as err:
+    except (course.CourseError, FileNotFoundError, ConnectionError, VariantError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

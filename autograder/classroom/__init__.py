@@ -488,9 +488,15 @@ def grade(room: Classroom, chapter: str, workers: int | None = None, fast: bool 
     """
     from ..grade import Settings
     from ..grade import grade as confined_grade
+    from ..grading.deadlines import PolicyError, load_policy
 
     course_dir, source_dir = Path(room.course_dir), Path(room.source_dir)
     course._check_chapter(chapter, source_dir)
+    policy_file = course_dir / "policy.toml"  # due dates and late penalties, if the course has them (README)
+    try:
+        policy = load_policy(policy_file, course.list_chapters(source_dir)) if policy_file.is_file() else None
+    except PolicyError as err:
+        raise ClassroomError(str(err)) from None
     with tempfile.TemporaryDirectory(prefix="classroom-") as tmp:
         # Only roster learners' submissions, each the latest collected one (nbgrader's layout).
         batch = Path(tmp) / "submitted"
@@ -504,9 +510,15 @@ def grade(room: Classroom, chapter: str, workers: int | None = None, fast: bool 
                                  f"{course_dir / 'submitted'} (run `python -m autograder classroom collect "
                                  f"{chapter}` first)")
         out = course_dir / "graded" / chapter
+        from ..variants import VariantError, for_grading
+
+        try:  # learners who got their own release (`release --per-student`) are graded with their values
+            mine = for_grading(course_dir, chapter)
+        except VariantError as err:
+            raise ClassroomError(str(err)) from None
         return confined_grade(chapter, batch, source_dir, out, workers=workers,
                               db_url=f"sqlite:///{course_dir / 'gradebook.db'}", settings=Settings(fast=fast),
-                              progress=False)
+                              progress=False, policy=policy, variants=mine)
 
 
 def release_feedback(room: Classroom, chapter: str) -> list[str]:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .deadlines import Policy, apply_policy
 from .executors import dask_address, run_dask, run_local
 from .feedback import _feedback_html
 from .gradebook import GradebookStore
@@ -111,6 +112,7 @@ def grade_packed(task: GradeTask) -> GradedSubmission:
         found = match_notebooks(list(refs), ref_ids, folder, sub.withheld, sub.rejected)
         notebooks = [grade_notebook(name, refs[name], found[name], folder, task.settings,
                                     feedback_dir / f"{Path(name).stem}.html", list(sub.left_out)) for name in refs]
+        _variant_flags(task, found, notebooks)
         feedback = {p.stem: p.read_bytes() for p in sorted(feedback_dir.glob("*.html"))}
     report = {"student": sub.student, "assignment": task.assignment, "status": "graded",
               "points": sum(n["points"] for n in notebooks), "max_points": sum(n["max_points"] for n in notebooks),
@@ -119,6 +121,29 @@ def grade_packed(task: GradeTask) -> GradedSubmission:
     if any(n["status"] == "error" for n in notebooks):
         report["status"] = "error"
     return GradedSubmission(report, feedback)
+
+
+def _variant_flags(task: GradeTask, found: dict, notebooks: list[dict]) -> None:
+    """Per-learner variants (:mod:`autograder.variants`): record the values graded, flag another learner's notebook.
+
+    The values come from the reference the instructor's process personalised for this student; the
+    submitted notebook is only read (JSON, ``ast.literal_eval``) to compare.
+    """
+    from ..variants import mismatch_flags, notebook_values
+
+    for report in notebooks:
+        ref = json.loads(task.references[report["notebook"]])
+        stamp = ref.get("metadata", {}).get("dlbook", {}).get("variant_of")
+        if not stamp:
+            continue
+        report["variant"] = {"digest": stamp.get("digest"), "values": notebook_values(ref)}
+        path = found[report["notebook"]][0]
+        try:
+            sub_nb = json.loads(path.read_bytes()) if path is not None and found[report["notebook"]][1] else None
+        except (OSError, ValueError, RecursionError):
+            sub_nb = None
+        flags = mismatch_flags(report["notebook"], ref, sub_nb, task.submission.student)
+        report["flags"] = sorted(set(report["flags"]) | set(flags))
 
 
 def write_graded(graded: GradedSubmission, out_dir: Path) -> None:
@@ -148,8 +173,23 @@ def grade_submission(student: str, folder: str, assignment: str, references: dic
     return graded.report
 
 
+LATE_COLUMNS = ["raw_score", "late_days", "penalty", "score", "time_source", "submitted_at", "due"]
+
+
+def _late_columns(report: dict) -> list:
+    """The deadline columns of a grades.csv row (see :mod:`.deadlines`); without a policy, score = points."""
+    late = report.get("late")
+    if not late:
+        points = report.get("points", 0)
+        return [points, "", "", points, "", "", ""]
+    return [late["raw_score"], late["late_days"], late["penalty"], late["score"], late["time_source"],
+            late["submitted_at"] or "", late["due"] or ""]
+
+
 def write_grades_csv(reports: list[dict], path: Path) -> Path:
-    """One row per student: total, status, flag count, then the points of every exercise."""
+    """One row per student: total, status, flag count, the points of every exercise, then the deadline columns
+    (``raw_score`` = ``points``, ``late_days``, ``penalty`` as a fraction, ``score`` after it, ``time_source``,
+    ``submitted_at``, ``due``)."""
     ids = [e["grade_id"] for r in reports[:1] for n in r.get("notebooks", []) for e in n["exercises"]]
     for r in reports:
         for n in r.get("notebooks", []):
@@ -157,11 +197,11 @@ def write_grades_csv(reports: list[dict], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["student_id", "assignment", "points", "max_points", "status", "flags", *ids])
+        w.writerow(["student_id", "assignment", "points", "max_points", "status", "flags", *ids, *LATE_COLUMNS])
         for r in sorted(reports, key=lambda r: r["student"]):
             per = {e["grade_id"]: e["points"] for n in r.get("notebooks", []) for e in n["exercises"]}
             w.writerow([r["student"], r["assignment"], r.get("points", 0), r.get("max_points", 0), r["status"],
-                        len(r.get("flags", [])), *(per.get(i, "") for i in ids)])
+                        len(r.get("flags", [])), *(per.get(i, "") for i in ids), *_late_columns(r)])
     return path
 
 
@@ -244,13 +284,15 @@ def _failed_report(student: str, assignment: str, err: BaseException) -> dict:
 
 def grade(assignment: str, submissions: Path, source_dir: Path, out_dir: Path, workers: int | None = None,
           db_url: str | None = None, settings: Settings | None = None, progress: bool = True,
-          executor: str = "local", regrade: bool = False) -> BatchResult:
+          executor: str = "local", regrade: bool = False, variants=None, policy: Policy | None = None) -> BatchResult:
     """Grade every submission of ``assignment`` in ``submissions``; return the reports and the summary.
 
     ``executor``: ``local`` (``workers`` processes here) or ``dask://HOST:PORT`` (the workers of that
     Dask scheduler, on any host). With ``db_url``, each submission is recorded in the gradebook as it
     finishes, and one whose bytes (and the reference notebooks) are unchanged since it was graded is not
-    graded again unless ``regrade`` (its stored report is used).
+    graded again unless ``regrade`` (its stored report is used). ``variants``
+    (:func:`autograder.variants.for_grading`): grade each learner with the values of their own release.
+    ``policy``: due dates and late penalties (:mod:`.deadlines`), applied to every report after grading.
     """
     start = time.monotonic()
     address = dask_address(executor)
@@ -279,15 +321,17 @@ def grade(assignment: str, submissions: Path, source_dir: Path, out_dir: Path, w
             tasks: dict[str, GradeTask] = {}
             for student, folder in students.items():
                 packed = pack_submission(student, folder, withheld.get(student), settings.limits.disk_bytes)
+                mine = variants.references(student, references) if variants is not None else references
                 before = previous.get(student)
                 if (before and before["status"] == "graded" and before["submission_sha256"] == packed.sha256
-                        and before["references_sha256"] == refs_sha):
+                        and before["references_sha256"] == (refs_sha if mine is references
+                                                            else references_sha256(mine))):
                     unchanged.append(student)
                     reports.append(before["report"])
                     if not (out_dir / "reports" / f"{student}.json").exists():
                         write_graded(GradedSubmission(before["report"]), out_dir)
                 else:
-                    tasks[student] = GradeTask(assignment, references, settings, packed)
+                    tasks[student] = GradeTask(assignment, mine, settings, packed)
         if settings.zygote is None:  # a warm kernel template costs about two kernel starts: worth it from three
             notebooks = len(tasks) * len(references)
             settings.zygote = notebooks >= 3 * (workers if address is None else 2)
@@ -304,7 +348,8 @@ def grade(assignment: str, submissions: Path, source_dir: Path, out_dir: Path, w
                           if isinstance(outcome, BaseException) else outcome)
                 write_graded(graded, out_dir)
                 if store:
-                    store.record(graded.report, tasks[student].submission.sha256, refs_sha)
+                    store.record(graded.report, tasks[student].submission.sha256,
+                                 references_sha256(tasks[student].references))
                 reports.append(graded.report)
                 if bar:
                     bar.update()
@@ -315,5 +360,7 @@ def grade(assignment: str, submissions: Path, source_dir: Path, out_dir: Path, w
     finally:
         if store:
             store.close()
+    if policy is not None:  # deadlines: late days, penalty and score beside the raw points (see .deadlines)
+        problems += apply_policy(reports, policy, Path(submissions), assignment, out_dir, db_url)
     write_grades_csv(reports, out_dir / "grades.csv")
     return BatchResult(reports, out_dir, time.monotonic() - start, problems, unchanged)

@@ -1,7 +1,8 @@
 """Grades for an LMS: the gradebook's totals as the CSV layouts Canvas and Moodle import, or a plain long CSV.
 
 One total per student and assignment: the sum of the submission's cell scores (nbgrader's score: the
-manual score where one was given, else the autograder's); empty where the student has no submission.
+manual score where one was given, else the autograder's) less its late penalty (``policy.toml``, see
+:mod:`.deadlines`); empty where the student has no submission.
 
 - ``csv``: ``student_id, first_name, last_name, email, assignment, score, max_score, status``, one row per
   student and assignment (``status``: ``graded``, ``crashed`` or ``error`` as the grader recorded it,
@@ -38,7 +39,10 @@ def _table(db_url: str, assignments: list[str] | None) -> tuple[list[str], dict[
                                     f"got {sorted(names)} (missing: {sorted(set(assignments) - set(names))})")
         maxima = {a: float(gb.find_assignment(a).max_score) for a in names}
         students = [(s.id, s.first_name or "", s.last_name or "", s.email or "") for s in gb.students]
-        scores = {(sub.student.id, a): float(sub.score or 0) for a in names for sub in gb.assignment_submissions(a)}
+        # the score after a late penalty (nbgrader's late_submission_penalty, written by .deadlines), as nbgrader's
+        # own export computes it
+        scores = {(sub.student.id, a): max(0.0, float(sub.score or 0) - float(sub.late_submission_penalty or 0))
+                  for a in names for sub in gb.assignment_submissions(a)}
         status = {}
         if inspect(gb.engine).has_table(GRADED.name):
             rows = gb.db.execute(select(GRADED.c.student, GRADED.c.assignment, GRADED.c.status)).all()
