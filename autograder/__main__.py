@@ -11,7 +11,7 @@ from .config import CHAPTERS_DIR, DEFAULT_COURSE_DIR, LEARNER_COURSE_DIR, REPO_R
 from .variants import VariantError
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m autograder", description=__doc__)
     parser.add_argument("--course-dir", type=Path, default=None,
                         help="nbgrader course directory (default: build/course; build/learner for lab and workspace)")
@@ -120,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
                        help="a JupyterHub for a class with the nbgrader exchange (`classroom --help` for more)")
     p.add_argument("classroom_args", nargs=argparse.REMAINDER, help="see `python -m autograder classroom --help`")
 
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "lab":  # its options are its own (autograder/lab.py); its default course is its own too
         from .lab import main as lab_main
@@ -139,111 +144,132 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     course_dir, source_dir = args.course_dir.resolve(), args.source_dir.resolve()
     try:
-        if args.command == "release" and args.per_student:
-            from .variants import release_per_student
-
-            chapters = args.chapters or course.list_chapters(source_dir)
-            for chapter, folders in release_per_student(chapters, args.per_student, course_dir, source_dir,
-                                                        args.exchange).items():
-                print(f"released {chapter} for {len(folders)} learners in {course_dir / 'release-per-student'}")
-        elif args.command == "release":
-            if args.exchange:
-                parser.error("--exchange goes with --per-student")
-            for path in course.release(args.chapters or None, course_dir, source_dir):
-                print(f"released {path}")
-        elif args.command == "workspace":
-            from .lab import prepare_workspace
-
-            report = prepare_workspace(args.dest, course_dir, source_dir)
-            print(f"Workspace: {args.dest}")
-            print(report.summary())
-        elif args.command == "autograde":
-            students = course.autograde(args.chapter, args.submissions, course_dir, source_dir,
-                                        fast=not args.full)
-            table = course.scores(args.chapter, course_dir)
-            print(f"\n{'student':<24} {'score':>12}")
-            for student in students:
-                cells = table.get(student, {})
-                got = sum(s for s, _ in cells.values())
-                total = sum(m for _, m in cells.values())
-                print(f"{student:<24} {got:>6g} / {total:<5g}")
-        elif args.command == "grade":
-            from .grade import Settings, grade
-            from .grading.executors import dask_address
-            from .grading.sandbox import Limits, bwrap_available
-
-            try:
-                dask_address(args.executor)
-            except ValueError as err:
-                parser.error(str(err))
-            course._check_chapter(args.chapter, source_dir)
-            settings = Settings(cell_timeout=args.cell_timeout, notebook_budget=args.budget, fast=not args.full,
-                                limits=Limits(memory_bytes=int(args.memory * (1 << 30)),
-                                              disk_bytes=int(args.disk * (1 << 30))),
-                                judge_seed=args.judge_seed,
-                                zygote={"auto": None, "on": True, "off": False}[args.zygote])
-            if args.executor == "local" and not bwrap_available():  # a Dask worker's report says its own
-                print("warning: bubblewrap is not available: learner code runs with rlimits and its own process "
-                      "group only, NOT confined on disk or network (see the README)", file=sys.stderr)
-            db = args.db or f"sqlite:///{course_dir / 'gradebook.db'}"
-            course_dir.mkdir(parents=True, exist_ok=True)
-            from .grading.deadlines import PolicyError, load_policy
-            from .variants import for_grading
-
-            policy_path = args.policy or course_dir / "policy.toml"
-            try:  # deadlines: an explicit --policy must exist; the course's own is optional
-                policy = (load_policy(policy_path, course.list_chapters(source_dir))
-                          if args.policy or policy_path.is_file() else None)
-            except (PolicyError, OSError) as err:
-                print(f"error: {err}", file=sys.stderr)
-                return 2
-            result = grade(args.chapter, args.submissions, source_dir, args.out or course_dir / "graded" / args.chapter,
-                           workers=args.workers, db_url=db, settings=settings, executor=args.executor,
-                           regrade=args.regrade, variants=for_grading(course_dir, args.chapter), policy=policy)
-            print(result.summary())
-            if args.profile:
-                print(result.profile())
-        elif args.command == "worker":
-            from .grading.executors import exec_worker
-            from .grading.run import Settings
-
-            exec_worker(args.scheduler, args.slots, int(args.memory * (1 << 30)), Settings().worker_memory_bytes)
-        elif args.command == "feedback":
-            print(f"feedback in {course.feedback(args.chapter, course_dir, source_dir)}")
-        elif args.command == "export":
-            if args.format == "nbgrader":
-                print(f"grades written to {course.export(args.to, course_dir, source_dir)}")
-            else:
-                from .grading.export import export_grades
-
-                db = args.db or f"sqlite:///{course_dir / 'gradebook.db'}"
-                print(f"grades written to {export_grades(db, args.format, args.to, args.chapters)} ({args.format})")
-        elif args.command == "similarity":
-            from .grading.similarity import THRESHOLD, similarity
-
-            course._check_chapter(args.chapter, source_dir)
-            threshold = THRESHOLD if args.threshold is None else args.threshold
-            if not 0.0 <= threshold <= 1.0:
-                parser.error(f"--threshold: expected a number between 0 and 1, got {threshold}")
-            out = args.out or REPO_ROOT / "build" / "similarity" / args.chapter
-            print(similarity(args.chapter, args.submissions, source_dir, out, threshold).summary())
-        elif args.command == "bench":
-            from .bench import run_bench
-
-            ok = args.grading_only or run_bench(args.out, [p.resolve() for p in args.notebooks] or None, args.fast)
-            if not args.no_grading and not args.notebooks:
-                from .bench_grading import run_grading_bench
-
-                ok = run_grading_bench(args.out, args.grading_submissions) and ok
-                if not args.no_dask:
-                    from .bench_grading import run_dask_bench
-
-                    ok = run_dask_bench(args.out, args.dask_submissions) and ok
-            return 0 if ok else 1
+        return _COMMANDS[args.command](args, parser, course_dir, source_dir) or 0
     except (course.CourseError, FileNotFoundError, ConnectionError, VariantError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def _release(args, parser, course_dir: Path, source_dir: Path) -> None:
+    if args.per_student:
+        from .variants import release_per_student
+
+        chapters = args.chapters or course.list_chapters(source_dir)
+        for chapter, folders in release_per_student(chapters, args.per_student, course_dir, source_dir,
+                                                    args.exchange).items():
+            print(f"released {chapter} for {len(folders)} learners in {course_dir / 'release-per-student'}")
+        return
+    if args.exchange:
+        parser.error("--exchange goes with --per-student")
+    for path in course.release(args.chapters or None, course_dir, source_dir):
+        print(f"released {path}")
+
+
+def _workspace(args, parser, course_dir: Path, source_dir: Path) -> None:
+    from .lab import prepare_workspace
+
+    report = prepare_workspace(args.dest, course_dir, source_dir)
+    print(f"Workspace: {args.dest}")
+    print(report.summary())
+
+
+def _autograde(args, parser, course_dir: Path, source_dir: Path) -> None:
+    students = course.autograde(args.chapter, args.submissions, course_dir, source_dir, fast=not args.full)
+    table = course.scores(args.chapter, course_dir)
+    print(f"\n{'student':<24} {'score':>12}")
+    for student in students:
+        cells = table.get(student, {})
+        got = sum(s for s, _ in cells.values())
+        total = sum(m for _, m in cells.values())
+        print(f"{student:<24} {got:>6g} / {total:<5g}")
+
+
+def _grade(args, parser, course_dir: Path, source_dir: Path) -> int:
+    from .grade import Settings, grade
+    from .grading.deadlines import PolicyError, load_policy
+    from .grading.executors import dask_address
+    from .grading.sandbox import Limits, bwrap_available
+    from .variants import for_grading
+
+    try:
+        dask_address(args.executor)
+    except ValueError as err:
+        parser.error(str(err))
+    course._check_chapter(args.chapter, source_dir)
+    settings = Settings(cell_timeout=args.cell_timeout, notebook_budget=args.budget, fast=not args.full,
+                        limits=Limits(memory_bytes=int(args.memory * (1 << 30)),
+                                      disk_bytes=int(args.disk * (1 << 30))),
+                        judge_seed=args.judge_seed,
+                        zygote={"auto": None, "on": True, "off": False}[args.zygote])
+    if args.executor == "local" and not bwrap_available():  # a Dask worker's report says its own
+        print("warning: bubblewrap is not available: learner code runs with rlimits and its own process "
+              "group only, NOT confined on disk or network (see the README)", file=sys.stderr)
+    db = args.db or f"sqlite:///{course_dir / 'gradebook.db'}"
+    course_dir.mkdir(parents=True, exist_ok=True)
+    policy_path = args.policy or course_dir / "policy.toml"
+    try:  # deadlines: an explicit --policy must exist; the course's own is optional
+        policy = (load_policy(policy_path, course.list_chapters(source_dir))
+                  if args.policy or policy_path.is_file() else None)
+    except (PolicyError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    result = grade(args.chapter, args.submissions, source_dir, args.out or course_dir / "graded" / args.chapter,
+                   workers=args.workers, db_url=db, settings=settings, executor=args.executor,
+                   regrade=args.regrade, variants=for_grading(course_dir, args.chapter), policy=policy)
+    print(result.summary())
+    if args.profile:
+        print(result.profile())
     return 0
+
+
+def _worker(args, parser, course_dir: Path, source_dir: Path) -> None:
+    from .grading.executors import exec_worker
+    from .grading.run import Settings
+
+    exec_worker(args.scheduler, args.slots, int(args.memory * (1 << 30)), Settings().worker_memory_bytes)
+
+
+def _feedback(args, parser, course_dir: Path, source_dir: Path) -> None:
+    print(f"feedback in {course.feedback(args.chapter, course_dir, source_dir)}")
+
+
+def _export(args, parser, course_dir: Path, source_dir: Path) -> None:
+    if args.format == "nbgrader":
+        print(f"grades written to {course.export(args.to, course_dir, source_dir)}")
+        return
+    from .grading.export import export_grades
+
+    db = args.db or f"sqlite:///{course_dir / 'gradebook.db'}"
+    print(f"grades written to {export_grades(db, args.format, args.to, args.chapters)} ({args.format})")
+
+
+def _similarity(args, parser, course_dir: Path, source_dir: Path) -> None:
+    from .grading.similarity import THRESHOLD, similarity
+
+    course._check_chapter(args.chapter, source_dir)
+    threshold = THRESHOLD if args.threshold is None else args.threshold
+    if not 0.0 <= threshold <= 1.0:
+        parser.error(f"--threshold: expected a number between 0 and 1, got {threshold}")
+    out = args.out or REPO_ROOT / "build" / "similarity" / args.chapter
+    print(similarity(args.chapter, args.submissions, source_dir, out, threshold).summary())
+
+
+def _bench(args, parser, course_dir: Path, source_dir: Path) -> int:
+    from .bench import run_bench
+
+    ok = args.grading_only or run_bench(args.out, [p.resolve() for p in args.notebooks] or None, args.fast)
+    if not args.no_grading and not args.notebooks:
+        from .bench_grading import run_dask_bench, run_grading_bench
+
+        ok = run_grading_bench(args.out, args.grading_submissions) and ok
+        if not args.no_dask:
+            ok = run_dask_bench(args.out, args.dask_submissions) and ok
+    return 0 if ok else 1
+
+
+_COMMANDS = {"release": _release, "workspace": _workspace, "autograde": _autograde, "grade": _grade,
+             "worker": _worker, "feedback": _feedback, "export": _export, "similarity": _similarity,
+             "bench": _bench}
 
 
 if __name__ == "__main__":

@@ -595,27 +595,7 @@ def main(argv: list[str], course_dir: Path = DEFAULT_COURSE_DIR, source_dir: Pat
                              proxy_api_port=free_port(), instructor_user=pwd.getpwuid(os.geteuid()).pw_name)
             prepare(room, defaults.grant_traverse)
             return serve(room)
-        room = Classroom.load(folder)
-        if args.command == "release":
-            print(f"released {args.chapter} to {release(room, args.chapter)}")
-            print("learners fetch it in JupyterLab's Assignments tab; a second fetch never overwrites their copy")
-        elif args.command == "collect":
-            got = collect(room, args.chapter)
-            missing = [s.student_id for s in room.students() if s.student_id not in got]
-            print(f"collected {args.chapter} from {len(got)} learners: {', '.join(got) or '-'}")
-            print(f"not submitted: {', '.join(missing) or '-'}")
-        elif args.command == "grade":
-            result = grade(room, args.chapter, args.workers, fast=not args.full)
-            print(result.summary())
-            graded = {r["student"] for r in result.reports}
-            for s in room.students():
-                if s.student_id not in graded:
-                    print(f"{s.student_id:<24} not submitted")
-        elif args.command == "feedback":
-            print(f"feedback released to: {', '.join(release_feedback(room, args.chapter))}")
-            print("learners get it with 'Fetch Feedback' in the Assignments tab")
-        elif args.command == "export":
-            print(f"grades written to {course.export(args.to, Path(room.course_dir), Path(room.source_dir))}")
+        _run_command(args, Classroom.load(folder))
     except (ClassroomError, course.CourseError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -623,3 +603,27 @@ def main(argv: list[str], course_dir: Path = DEFAULT_COURSE_DIR, source_dir: Pat
         print(f"error: `{' '.join(err.cmd)}` failed: {err.stderr or err.stdout}", file=sys.stderr)
         return 2
     return 0
+
+
+def _run_command(args: argparse.Namespace, room: Classroom) -> None:
+    """``release``, ``collect``, ``grade``, ``feedback`` or ``export`` on an existing classroom."""
+    if args.command == "release":
+        print(f"released {args.chapter} to {release(room, args.chapter)}")
+        print("learners fetch it in JupyterLab's Assignments tab; a second fetch never overwrites their copy")
+    elif args.command == "collect":
+        got = collect(room, args.chapter)
+        missing = [s.student_id for s in room.students() if s.student_id not in got]
+        print(f"collected {args.chapter} from {len(got)} learners: {', '.join(got) or '-'}")
+        print(f"not submitted: {', '.join(missing) or '-'}")
+    elif args.command == "grade":
+        result = grade(room, args.chapter, args.workers, fast=not args.full)
+        print(result.summary())
+        graded = {r["student"] for r in result.reports}
+        for s in room.students():
+            if s.student_id not in graded:
+                print(f"{s.student_id:<24} not submitted")
+    elif args.command == "feedback":
+        print(f"feedback released to: {', '.join(release_feedback(room, args.chapter))}")
+        print("learners get it with 'Fetch Feedback' in the Assignments tab")
+    elif args.command == "export":
+        print(f"grades written to {course.export(args.to, Path(room.course_dir), Path(room.source_dir))}")

@@ -44,39 +44,12 @@ def grade_notebook(name: str, ref: list[dict], found: tuple, workdir: Path | Non
         kind = "invalid_notebook" if path else "missing_notebook"
         report["flags"].append(error if str(error).startswith(INTAKE_FLAGS) else f"{kind}: {error}")
     else:
-        try:
-            cells, flags = assemble(ref, sub)
-            rebuilt = rebuilt_ops_used(ref, cells)
-            # dynamic code the reference solution itself uses (chapter 7's getattr(model, head)) is expected
-            expected = set(dynamic_code_flags([c for c in ref if c["kind"] == "solution"]))
-            report["flags"] += flags + reference_calls(ref, cells) + [f for f in dynamic_code_flags(cells)
-                                                                      if f not in expected]
-            run = run_notebook(cells, workdir, settings, dlbook_modules(ref), ref=ref, left_out=left_out)
-            results = run["results"]
-            report["flags"] += run["flags"]
-            report.update(restarts=run["restarts"], seconds=round(run["seconds"], 2), sandbox=run["sandbox"],
-                          kernel_start="zygote" if run["zygote"] else "python", timings=run["timings"],
-                          judge_seed=run["judge_seed"])
-        except Exception as err:  # noqa: BLE001 - a bad submission never aborts the batch
-            report["status"] = "error"
-            report["flags"].append(f"grading_failed: {type(err).__name__}: {str(err)[:500]}")
+        cells, results, rebuilt = _run_submission(ref, sub, workdir, settings, left_out, report)
     by_id = {c["grade_id"]: r for c, r in zip(cells, results, strict=False) if c["kind"] == "test" and r is not None}
     for test in tests:
-        res = by_id.get(test["grade_id"])
-        status = {"ok": "passed", "error": "failed", None: "not-run"}.get(res and res["status"], res and res["status"])
-        error = res.get("error") if res else None
-        ex_flags = sorted(set(res.get("flags", []))) if res else []
-        if res and res["status"] == "error" and "ForbiddenCall" in (error or ""):
-            ex_flags.append(f"calls_reference: {test['grade_id']} called a forbidden reference")
-        overruled = {}
-        if test["grade_id"] in rebuilt:  # the static check decides, whatever the tests said
-            overruled = {"tests_status": status}
-            status, error = "failed", rebuilt[test["grade_id"]]
-            ex_flags.append(f"uses_rebuilt_op: {error}")
-        report["exercises"].append({"grade_id": test["grade_id"], "max_points": test["points"],
-                                    "points": test["points"] if status == "passed" else 0.0,
-                                    "status": status, "error": error, "flags": ex_flags, **overruled})
-        report["flags"] += ex_flags
+        entry = _exercise(test, by_id.get(test["grade_id"]), rebuilt)
+        report["exercises"].append(entry)
+        report["flags"] += entry["flags"]
     for i, (cell, res) in enumerate(zip(cells, results, strict=False)):
         if res and cell["kind"] != "test" and res["status"] != "ok":
             report["cells"].append({"index": i, "kind": cell["kind"], "grade_id": cell.get("grade_id"),
@@ -93,6 +66,49 @@ def grade_notebook(name: str, ref: list[dict], found: tuple, workdir: Path | Non
         if "timings" in report:
             report["timings"]["feedback"] = round(time.monotonic() - t0, 3)
     return report
+
+
+def _run_submission(ref: list[dict], sub: list[dict], workdir: Path | None, settings: Settings, left_out: list[str],
+                    report: dict) -> tuple[list[dict], list, dict[str, str]]:
+    """Assemble and run a readable submission; return (cells, results, exercises zeroed by the static check).
+
+    Flags and the run's figures go into ``report``; an error of the grader is reported, never raised.
+    """
+    cells, results, rebuilt = [], [], {}
+    try:
+        cells, flags = assemble(ref, sub)
+        rebuilt = rebuilt_ops_used(ref, cells)
+        # dynamic code the reference solution itself uses (chapter 7's getattr(model, head)) is expected
+        expected = set(dynamic_code_flags([c for c in ref if c["kind"] == "solution"]))
+        report["flags"] += flags + reference_calls(ref, cells) + [f for f in dynamic_code_flags(cells)
+                                                                  if f not in expected]
+        run = run_notebook(cells, workdir, settings, dlbook_modules(ref), ref=ref, left_out=left_out)
+        results = run["results"]
+        report["flags"] += run["flags"]
+        report.update(restarts=run["restarts"], seconds=round(run["seconds"], 2), sandbox=run["sandbox"],
+                      kernel_start="zygote" if run["zygote"] else "python", timings=run["timings"],
+                      judge_seed=run["judge_seed"])
+    except Exception as err:  # noqa: BLE001 - a bad submission never aborts the batch
+        report["status"] = "error"
+        report["flags"].append(f"grading_failed: {type(err).__name__}: {str(err)[:500]}")
+    return cells, results, rebuilt
+
+
+def _exercise(test: dict, res: dict | None, rebuilt: dict[str, str]) -> dict:
+    """The report of one exercise from its test cell's result (``res``, None if it did not run)."""
+    status = {"ok": "passed", "error": "failed", None: "not-run"}.get(res and res["status"], res and res["status"])
+    error = res.get("error") if res else None
+    ex_flags = sorted(set(res.get("flags", []))) if res else []
+    if res and res["status"] == "error" and "ForbiddenCall" in (error or ""):
+        ex_flags.append(f"calls_reference: {test['grade_id']} called a forbidden reference")
+    overruled = {}
+    if test["grade_id"] in rebuilt:  # the static check decides, whatever the tests said
+        overruled = {"tests_status": status}
+        status, error = "failed", rebuilt[test["grade_id"]]
+        ex_flags.append(f"uses_rebuilt_op: {error}")
+    return {"grade_id": test["grade_id"], "max_points": test["points"],
+            "points": test["points"] if status == "passed" else 0.0,
+            "status": status, "error": error, "flags": ex_flags, **overruled}
 
 
 def grade_packed(task: GradeTask) -> GradedSubmission:
@@ -282,6 +298,64 @@ def _failed_report(student: str, assignment: str, err: BaseException) -> dict:
             "flags": [flag], "notebooks": []}
 
 
+def _batch_settings(settings: Settings | None, workers: int, address: str | None) -> Settings:
+    """A copy of ``settings`` (the caller's are not changed) with the sandbox and threads per kernel decided."""
+    settings = dataclasses.replace(settings or Settings())
+    if address is None:
+        if settings.use_bwrap is None:
+            settings.use_bwrap = bwrap_available()
+        settings.threads = max(1, (os.cpu_count() or 1) // workers)
+    else:
+        settings.threads = 1  # one grading slot per core on each worker host (python -m autograder worker)
+    return settings
+
+
+def _tasks(assignment: str, students, references: dict, settings: Settings, previous: dict, variants,
+           out_dir: Path, reports: list[dict], unchanged: list[str]) -> dict[str, GradeTask]:
+    """Pack each learner's submission; one unchanged since the gradebook got it keeps its stored report."""
+    refs_sha = references_sha256(references)
+    withheld = getattr(students, "withheld", {})
+    tasks: dict[str, GradeTask] = {}
+    for student, folder in students.items():
+        packed = pack_submission(student, folder, withheld.get(student), settings.limits.disk_bytes)
+        mine = variants.references(student, references) if variants is not None else references
+        before = previous.get(student)
+        if (before and before["status"] == "graded" and before["submission_sha256"] == packed.sha256
+                and before["references_sha256"] == (refs_sha if mine is references else references_sha256(mine))):
+            unchanged.append(student)
+            reports.append(before["report"])
+            if not (out_dir / "reports" / f"{student}.json").exists():
+                write_graded(GradedSubmission(before["report"]), out_dir)
+        else:
+            tasks[student] = GradeTask(assignment, mine, settings, packed)
+    return tasks
+
+
+def _record(assignment: str, outcomes, tasks: dict[str, GradeTask], store: GradebookStore | None, out_dir: Path,
+            reports: list[dict], progress: bool) -> None:
+    """Write each graded submission (report, feedback, gradebook) as its outcome arrives."""
+    bar = None
+    if progress and tasks:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(tasks), desc=f"grading {assignment}", unit="submission", file=sys.stderr)
+    try:
+        for student, outcome in outcomes:
+            graded = (GradedSubmission(_failed_report(student, assignment, outcome))
+                      if isinstance(outcome, BaseException) else outcome)
+            write_graded(graded, out_dir)
+            if store:
+                store.record(graded.report, tasks[student].submission.sha256,
+                             references_sha256(tasks[student].references))
+            reports.append(graded.report)
+            if bar:
+                bar.update()
+    finally:
+        outcomes.close()
+        if bar:
+            bar.close()
+
+
 def grade(assignment: str, submissions: Path, source_dir: Path, out_dir: Path, workers: int | None = None,
           db_url: str | None = None, settings: Settings | None = None, progress: bool = True,
           executor: str = "local", regrade: bool = False, variants=None, policy: Policy | None = None) -> BatchResult:
@@ -296,19 +370,12 @@ def grade(assignment: str, submissions: Path, source_dir: Path, out_dir: Path, w
     """
     start = time.monotonic()
     address = dask_address(executor)
-    settings = dataclasses.replace(settings or Settings())  # a copy: the caller's settings are not changed
     workers = workers or os.cpu_count() or 1
-    if address is None:
-        if settings.use_bwrap is None:
-            settings.use_bwrap = bwrap_available()
-        settings.threads = max(1, (os.cpu_count() or 1) // workers)
-    else:
-        settings.threads = 1  # one grading slot per core on each worker host (python -m autograder worker)
+    settings = _batch_settings(settings, workers, address)
     paths = {p.name: str(p) for p in sorted((Path(source_dir) / assignment).glob("*.ipynb"))}
     if not paths:
         raise FileNotFoundError(f"no source notebooks in {Path(source_dir) / assignment}")
     references = _read_references(paths)
-    refs_sha = references_sha256(references)
     out_dir = Path(out_dir)
     reports: list[dict] = []
     unchanged: list[str] = []
@@ -317,46 +384,14 @@ def grade(assignment: str, submissions: Path, source_dir: Path, out_dir: Path, w
         previous = store.graded() if store and not regrade else {}
         with tempfile.TemporaryDirectory(prefix="ag-batch-") as scratch:
             students, problems = discover(Path(submissions), assignment, Path(scratch))
-            withheld = getattr(students, "withheld", {})
-            tasks: dict[str, GradeTask] = {}
-            for student, folder in students.items():
-                packed = pack_submission(student, folder, withheld.get(student), settings.limits.disk_bytes)
-                mine = variants.references(student, references) if variants is not None else references
-                before = previous.get(student)
-                if (before and before["status"] == "graded" and before["submission_sha256"] == packed.sha256
-                        and before["references_sha256"] == (refs_sha if mine is references
-                                                            else references_sha256(mine))):
-                    unchanged.append(student)
-                    reports.append(before["report"])
-                    if not (out_dir / "reports" / f"{student}.json").exists():
-                        write_graded(GradedSubmission(before["report"]), out_dir)
-                else:
-                    tasks[student] = GradeTask(assignment, mine, settings, packed)
+            tasks = _tasks(assignment, students, references, settings, previous, variants, out_dir, reports,
+                           unchanged)
         if settings.zygote is None:  # a warm kernel template costs about two kernel starts: worth it from three
             notebooks = len(tasks) * len(references)
             settings.zygote = notebooks >= 3 * (workers if address is None else 2)
         outcomes = (run_local(grade_packed, tasks, workers, settings.worker_memory_bytes) if address is None
                     else run_dask(grade_packed, tasks, address))
-        bar = None
-        if progress and tasks:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(tasks), desc=f"grading {assignment}", unit="submission", file=sys.stderr)
-        try:
-            for student, outcome in outcomes:
-                graded = (GradedSubmission(_failed_report(student, assignment, outcome))
-                          if isinstance(outcome, BaseException) else outcome)
-                write_graded(graded, out_dir)
-                if store:
-                    store.record(graded.report, tasks[student].submission.sha256,
-                                 references_sha256(tasks[student].references))
-                reports.append(graded.report)
-                if bar:
-                    bar.update()
-        finally:
-            outcomes.close()
-            if bar:
-                bar.close()
+        _record(assignment, outcomes, tasks, store, out_dir, reports, progress)
     finally:
         if store:
             store.close()

@@ -179,14 +179,17 @@ def parse_policy(text: str, name: str = "policy.toml", chapters: list[str] | Non
         table = _table(table, where, f"NN_slug = {EXAMPLE}, or a number of days")
         for chapter, value in table.items():
             check_chapter(chapter, f"{where} {chapter}")
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                if value < 0:
-                    raise PolicyError(f"{where} {chapter}: expected a number of days >= 0, got {value!r}")
-                extensions.setdefault(student, {})[chapter] = float(value)
-            else:
-                extensions.setdefault(student, {})[chapter] = _when(
-                    value, f"{where} {chapter} (a due date with a timezone, or a number of days)")
+            extensions.setdefault(student, {})[chapter] = _extension(value, f"{where} {chapter}")
     return Policy(due, rules, default, extensions)
+
+
+def _extension(value, where: str) -> datetime | float:
+    """An extension: a number of extra days (>= 0) or a new due date with a timezone."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0:
+            raise PolicyError(f"{where}: expected a number of days >= 0, got {value!r}")
+        return float(value)
+    return _when(value, f"{where} (a due date with a timezone, or a number of days)")
 
 
 def load_policy(path: Path, chapters: list[str] | None = None) -> Policy:
@@ -289,6 +292,17 @@ def _member_owner(parts: tuple[str, ...], students: set[str]) -> str | None:
     return None
 
 
+def _member_time(info: zipfile.ZipInfo, local: tzinfo) -> tuple[datetime, str] | None:
+    """(when, how it was read) of a zip member: its UTC time if the zip has one, else its local time in ``local``."""
+    utc = _zip_utc(info)
+    try:
+        when = utc or datetime(*info.date_time, tzinfo=local)
+    except ValueError:  # a date the zip got wrong (month 0, ...)
+        return None
+    offset = when.strftime("%z")
+    return when, "" if utc else f"local time read as UTC{offset[:3]}:{offset[3:]}"
+
+
 def _from_zip(archive: Path, students: set[str], local: tzinfo) -> dict[str, SubmissionTime]:
     found: dict[str, SubmissionTime] = {}
     latest: dict[str, tuple[datetime, str]] = {}
@@ -307,15 +321,9 @@ def _from_zip(archive: Path, students: set[str], local: tzinfo) -> dict[str, Sub
                 except (ValueError, UnicodeDecodeError, zipfile.BadZipFile, OSError):
                     pass
             elif name.suffix == ".ipynb":
-                utc = _zip_utc(info)
-                try:
-                    when = utc or datetime(*info.date_time, tzinfo=local)
-                except ValueError:  # a date the zip got wrong (month 0, ...)
-                    continue
-                if student not in latest or when > latest[student][0]:
-                    offset = when.strftime("%z")
-                    detail = "" if utc else f"local time read as UTC{offset[:3]}:{offset[3:]}"
-                    latest[student] = (when, detail)
+                when = _member_time(info, local)
+                if when is not None and (student not in latest or when[0] > latest[student][0]):
+                    latest[student] = when
     for student, (when, detail) in latest.items():
         if student not in found:
             found[student] = SubmissionTime(when.astimezone(timezone.utc), "zip", detail)
