@@ -40,20 +40,14 @@ def _check_threshold(threshold: float) -> None:
 
 
 def labelled_subset(labels: np.ndarray | torch.Tensor, per_class: int, seed: int = 0) -> np.ndarray:
-    """Return the sorted indices of ``per_class`` randomly chosen examples of every class in ``labels`` (N,)."""
-    y = np.asarray(labels)
-    if y.ndim != 1:
-        raise ValueError(f"expected labels of shape (N,), got {y.shape}")
-    if per_class < 1:
-        raise ValueError(f"expected per_class >= 1, got {per_class}")
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for c in np.unique(y):
-        members = np.flatnonzero(y == c)
-        if len(members) < per_class:
-            raise ValueError(f"class {c} has {len(members)} examples, fewer than per_class={per_class}")
-        chosen.append(rng.choice(members, per_class, replace=False))
-    return np.sort(np.concatenate(chosen))
+    """Return the sorted indices of ``per_class`` randomly chosen examples of every class in ``labels`` (N,).
+
+    The same draw as chapter 7's :func:`dlbook.transfer.few_per_class` (the labelled images; the rest
+    of the training set is the unlabelled pool).
+    """
+    from .transfer import few_per_class
+
+    return few_per_class(np.asarray(labels), per_class, seed)
 
 
 def pseudo_labels(logits: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
