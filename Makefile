@@ -14,7 +14,7 @@ help:
 	@echo "make lab          build workspace/ from the student release (never overwriting) and open JupyterLab"
 	@echo "make progress     your progress page: exercises passed, hints used, your metrics vs the targets"
 	@echo "make test         run the whole test suite (creates .venv on first use)"
-	@echo "make test-quick   the unit tests only (no notebooks, grading pipeline, servers or browser; about 1 min)"
+	@echo "make test-quick   the unit tests only (no notebooks, grading pipeline, servers or browser; about 2.5 min)"
 	@echo "make bench        run every chapter at full settings -> build/bench.json"
 	@echo "make release      instructor: generate student versions of all chapters (build/course/release)"
 	@echo "make autograde CHAPTER=01_backprop SUBMISSIONS=dir   instructor: autograde a folder of submissions"

@@ -8,7 +8,7 @@ import re
 import nbformat
 import pytest
 
-from autograder.grading.feedback import _feedback_html
+from autograder.grading.feedback import write_feedback_html
 from autograder.grading.outputs import Outputs
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
@@ -41,7 +41,7 @@ def _page(tmp_path, outputs: list[dict], source: str = "show()", kind: str = "so
     cells = cells or [{"kind": kind, "source": source}]
     results = [{"outputs": outputs} for _ in cells]
     path = tmp_path / "feedback" / "nb.html"
-    _feedback_html(cells, results, _report(), path)
+    write_feedback_html(cells, results, _report(), path)
     return path.read_bytes().decode("utf-8")
 
 

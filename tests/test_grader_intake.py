@@ -20,7 +20,7 @@ import pytest
 from autograder import course
 from autograder.config import CHAPTERS_DIR
 from autograder.grade import Settings, grade
-from autograder.grading.intake import EVERYTHING, _safe_extract, discover, match_notebooks
+from autograder.grading.intake import EVERYTHING, discover, match_notebooks, safe_extract
 from autograder.grading.notebook import dynamic_code_flags, load_submission, reference_cells
 
 from .conftest import fill_solutions
@@ -106,7 +106,7 @@ def test_a_symlink_member_is_extracted_as_nothing(tmp_path) -> None:
 
 def test_a_zip_over_the_size_cap_keeps_the_members_that_fit(tmp_path) -> None:
     archive = _zip(tmp_path / "big.zip", [("a_x.ipynb", "{}"), ("b_x.ipynb", "x" * 1000), ("c_x.ipynb", "{}")])
-    notes, rejected = _safe_extract(archive, tmp_path / "out", max_bytes=100)
+    notes, rejected = safe_extract(archive, tmp_path / "out", max_bytes=100)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_x.ipynb", "c_x.ipynb"]
     assert len(notes) == 1 and "b_x.ipynb" in notes[0] and rejected == {}
 

@@ -10,11 +10,11 @@ import pytest
 
 from autograder.__main__ import main
 from autograder.config import CHAPTERS_DIR
-from autograder.grading.feedback import _feedback_html
+from autograder.grading.feedback import write_feedback_html
 from autograder.grading.intake import discover, match_notebooks
 from autograder.grading.notebook import assemble, load_submission, reference_calls, reference_cells, visible_source
 from autograder.grading.outputs import Outputs as _Outputs
-from autograder.grading.sandbox import Limits, _dirs_with_parents
+from autograder.grading.sandbox import Limits, dirs_with_parents
 
 NB = CHAPTERS_DIR / "01_backprop" / "1_derivatives_and_scalar_autograd.ipynb"
 
@@ -117,7 +117,7 @@ def test_outputs_are_capped_in_bytes() -> None:
 
 
 def test_sandbox_parents_are_world_readable() -> None:
-    assert _dirs_with_parents(__import__("pathlib").Path("/a/b/c")) == [
+    assert dirs_with_parents(__import__("pathlib").Path("/a/b/c")) == [
         "--perms", "0755", "--dir", "/a", "--perms", "0755", "--dir", "/a/b"]
     assert Limits().memory_bytes == 4 << 30
 
@@ -139,7 +139,7 @@ def test_feedback_page_escapes_learner_code_and_sanitises_outputs(tmp_path) -> N
     report = {"notebook": "nb.ipynb", "points": 0, "max_points": 2,
               "exercises": [{"grade_id": "ex1", "points": 0, "max_points": 2, "status": "failed", "error": "wrong"}]}
     page = tmp_path / "nb.html"
-    _feedback_html(cells, results, report, page)
+    write_feedback_html(cells, results, report, page)
     html = page.read_text()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<img src=q" not in html
     assert "<b>bold</b>" in html and "steal()</script>" not in html

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .deadlines import Policy, apply_policy
 from .executors import dask_address, run_dask, run_local
-from .feedback import _feedback_html
+from .feedback import write_feedback_html
 from .gradebook import GradebookStore
 from .intake import INTAKE_FLAGS, discover, match_notebooks
 from .notebook import assemble, dlbook_modules, dynamic_code_flags, rebuilt_ops_used, reference_calls, reference_cells
@@ -60,7 +60,7 @@ def grade_notebook(name: str, ref: list[dict], found: tuple, workdir: Path | Non
     if feedback is not None and settings.feedback and cells:
         t0 = time.monotonic()
         try:
-            _feedback_html(cells, results, report, feedback)
+            write_feedback_html(cells, results, report, feedback)
         except Exception as err:  # noqa: BLE001 - no feedback page is no reason to lose the grade
             report["flags"].append(f"feedback_failed: {type(err).__name__}: {err}")
         if "timings" in report:

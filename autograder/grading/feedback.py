@@ -211,7 +211,7 @@ def _fit_page(nb, head) -> bytes:
     return body
 
 
-def _feedback_html(cells: list[dict], results: list, report: dict, path: Path) -> None:
+def write_feedback_html(cells: list[dict], results: list, report: dict, path: Path) -> None:
     """Write the graded notebook as HTML: hidden tests removed, test tracebacks reduced to their message."""
     import nbformat
 

@@ -149,7 +149,7 @@ def _member_kind(info: zipfile.ZipInfo) -> int:
     return kind if kind == stat.S_IFLNK or info.create_system == 3 else 0
 
 
-def _safe_extract(archive: Path, dest: Path, max_bytes: int = 2 << 30,
+def safe_extract(archive: Path, dest: Path, max_bytes: int = 2 << 30,
                   max_members: int = MAX_MEMBERS) -> tuple[list[str], dict[PurePosixPath, str]]:
     """Extract a zip member by member; return (notes, {relative path: flag} of notebooks not extracted).
 
@@ -302,7 +302,7 @@ def _unzipped(submissions: Path, assignment: str, scratch: Path,
         return submissions, {}
     root = scratch / "unzipped"
     root.mkdir(parents=True, exist_ok=True)
-    notes, rejected = _safe_extract(submissions, root)
+    notes, rejected = safe_extract(submissions, root)
     problems += notes
     top = _unwrap(root, assignment)
     if top != root:  # the rejected members' paths, from inside the wrapping folder

@@ -344,7 +344,7 @@ def _font_caches() -> list[Path]:
         return []
 
 
-def _dirs_with_parents(path: Path) -> list[str]:
+def dirs_with_parents(path: Path) -> list[str]:
     """bwrap arguments creating each missing parent of ``path`` world-readable (bwrap's default is 0700)."""
     args: list[str] = []
     for parent in reversed(path.parents):
@@ -513,10 +513,10 @@ class Kernel:
         info = ["--info-fd", str(info_fd)] if info_fd is not None else []
         args = ["bwrap", *info, *_namespace_args(self.limits.network), *sized, SANDBOX_TMP]
         for path in _readonly_paths():
-            args += [*_dirs_with_parents(path), "--ro-bind", str(path), str(path)]
+            args += [*dirs_with_parents(path), "--ro-bind", str(path), str(path)]
         args += [*sized, SANDBOX_WORK,
                  "--ro-bind", str(self.work), SANDBOX_SUBMISSION,
-                 *_dirs_with_parents(Path(SANDBOX_HOME)), "--ro-bind", str(self.home_dir), SANDBOX_HOME,
+                 *dirs_with_parents(Path(SANDBOX_HOME)), "--ro-bind", str(self.home_dir), SANDBOX_HOME,
                  "--bind", str(self._ipc_dir), SANDBOX_IPC,
                  "--ro-bind", str(self.grader_dir), SANDBOX_GRADER, "--ro-bind", str(self.judge_dir), SANDBOX_JUDGE,
                  "--proc", "/proc", "--dev", "/dev", "--chdir", SANDBOX_WORK]
