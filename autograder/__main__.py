@@ -67,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", type=Path, default=None,
                    help="due dates, late penalty, extensions (default: COURSE_DIR/policy.toml if it exists; README)")
 
+    p = sub.add_parser("scheduler", help="start the Dask scheduler that grading workers join (one task per slot)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    p.add_argument("--port", type=int, default=8786, help="port (default 8786)")
+    p.add_argument("--allowed-failures", type=int, default=2,
+                   help="a submission whose workers died more than this many times is reported crashed (default 2)")
+
     p = sub.add_parser("worker", help="start a Dask grading worker on this host (one slot per core)")
     p.add_argument("scheduler", help="the Dask scheduler: HOST:PORT, tcp://HOST:PORT or dask://HOST:PORT")
     p.add_argument("--slots", type=int, default=None, help="submissions graded at once (default: the number of cores)")
@@ -222,6 +228,14 @@ def _grade(args, parser, course_dir: Path, source_dir: Path) -> int:
     return 0
 
 
+def _scheduler(args, parser, course_dir: Path, source_dir: Path) -> None:
+    from .grading.executors import exec_scheduler
+
+    if args.allowed_failures < 0:
+        parser.error(f"--allowed-failures: expected 0 or more, got {args.allowed_failures}")
+    exec_scheduler(args.host, args.port, args.allowed_failures)
+
+
 def _worker(args, parser, course_dir: Path, source_dir: Path) -> None:
     from .grading.executors import exec_worker
     from .grading.run import Settings
@@ -268,7 +282,8 @@ def _bench(args, parser, course_dir: Path, source_dir: Path) -> int:
 
 
 _COMMANDS = {"release": _release, "workspace": _workspace, "autograde": _autograde, "grade": _grade,
-             "worker": _worker, "feedback": _feedback, "export": _export, "similarity": _similarity,
+             "scheduler": _scheduler, "worker": _worker, "feedback": _feedback, "export": _export,
+             "similarity": _similarity,
              "bench": _bench}
 
 

@@ -131,8 +131,7 @@ def _dask_cluster(workers: int, log_dir: Path) -> Iterator[str]:
             procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
 
     try:
-        start("scheduler", [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                            "--port", str(port), "--no-dashboard"])
+        start("scheduler", [sys.executable, "-m", "autograder", "scheduler", "--port", str(port)])
         for i in range(workers):
             start(f"worker{i}", [sys.executable, "-m", "autograder", "worker", f"127.0.0.1:{port}", "--slots", "1"])
         with Client(f"tcp://127.0.0.1:{port}", timeout=60, set_as_default=False) as client:

@@ -321,20 +321,32 @@ def read_roster(path: Path) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def _write_private(folder: Path, files: dict[str, bytes], owner: str | None) -> None:
-    """Write ``files`` into ``folder`` (replaced); owned by ``owner`` and private to them if that user exists."""
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    uid = gid = None
+def _owner_ids(owner: str | None) -> tuple[int | None, int | None]:
+    """The uid and gid of the system user ``owner`` when we can give files to them (root), else None."""
     if owner is not None and os.geteuid() == 0:
         import pwd
 
         try:
             entry = pwd.getpwnam(owner)
-            uid, gid = entry.pw_uid, entry.pw_gid
+            return entry.pw_uid, entry.pw_gid
         except KeyError:
             pass
+    return None, None
+
+
+def _write_private(folder: Path, files: dict[str, bytes], owner: str | None) -> None:
+    """Write ``files`` into ``folder`` (replaced); owned by ``owner`` and private to them if that user exists.
+
+    With an owner, the folder above (the learner's own, ``personal/<student>/``) is theirs and private too,
+    so no other learner can even list which chapters they got.
+    """
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    uid, gid = _owner_ids(owner)
+    if uid is not None:
+        os.chown(folder.parent, uid, gid)
+        folder.parent.chmod(0o700)
     for name, data in files.items():
         path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -166,11 +166,10 @@ class DaskCluster:
         self.logs = Path(tempfile.mkdtemp(prefix="dlbook-dask-"))
         # the workers' temporary files: a worker killed by a test cannot remove its own, stop() does
         (self.logs / "tmp").mkdir(mode=0o755)
-        env = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(allowed_failures),
-               "TMPDIR": str(self.logs / "tmp")}
+        env = {**os.environ, "TMPDIR": str(self.logs / "tmp")}
         try:
-            self._start("scheduler", [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                                      "--port", str(self.port), "--no-dashboard"], env)
+            self._start("scheduler", [sys.executable, "-m", "autograder", "scheduler", "--port", str(self.port),
+                                      "--allowed-failures", str(allowed_failures)], env)
             wait_port(self.port, proc=self.procs["scheduler"])
             for i in range(workers):
                 self._start(f"worker{i}", [sys.executable, "-m", "autograder", "worker", f"127.0.0.1:{self.port}",

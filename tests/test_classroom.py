@@ -33,6 +33,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from autograder import variants
 from autograder.classroom import PROXY, SYSTEM_PATH, ClassroomError, read_roster
 from autograder.config import CHAPTERS_DIR, REPO_ROOT
 from dlbook.distributed import free_port
@@ -249,9 +250,14 @@ def test_a_class_on_the_hub_from_release_to_feedback(tmp_path) -> None:
         timings["hub_start"] = hub.start_seconds
         assert (root / "room" / "credentials.csv").stat().st_mode & 0o777 == 0o600
         assert exchange.stat().st_mode & 0o7777 == 0o1777, oct(exchange.stat().st_mode)
-        out = hub.cli("release", CHAPTER)
-        assert "never overwrites" in out, out
+        # Per learner: each one's Fetch gets their own values (chapter 1 declares variants).
+        out = hub.cli("release", CHAPTER, "--per-student")
+        assert "never overwrites" in out and "own copy" in out, out
         assert sorted(p.name for p in (exchange / "dlbook" / "outbound" / CHAPTER).glob("*.ipynb")) == notebooks
+        personal = exchange / "dlbook" / "personal"
+        assert sorted(p.name for p in personal.iterdir()) == [a, b, c]
+        assert all((personal / u).stat().st_mode & 0o777 == 0o700 for u in (a, b, c))
+        secret = (course_dir / variants.SECRET_FILE).read_bytes().strip()
 
         # The instructor's server has nbgrader's instructor tools; the formgrader lists the chapter.
         context, page = _login(browser, hub, "instructor")
@@ -272,6 +278,13 @@ def test_a_class_on_the_hub_from_release_to_feedback(tmp_path) -> None:
         home_a = Path(f"/home/{a}") if Path(f"/home/{a}").is_dir() else Path(os.path.expanduser(f"~{a}"))
         fetched = home_a / CHAPTER
         owner = fetched.stat()
+        for name in notebooks:  # A's own release, with A's values
+            source = json.loads((CHAPTERS_DIR / CHAPTER / name).read_text())
+            mine = json.loads((fetched / name).read_text())
+            assert variants.notebook_values(mine) == variants.learner_values(source, secret, a), name
+            if variants.declarations(source):
+                assert mine["metadata"]["dlbook"]["variant_of"]["student"] == a
+                assert variants.notebook_values(mine) != variants.notebook_values(source), name
         for name in notebooks:
             student_nb = nbformat.read(fetched / name, as_version=4)
             nbformat.write(fill_solutions(student_nb, nbformat.read(CHAPTERS_DIR / CHAPTER / name, as_version=4)),
@@ -307,6 +320,10 @@ def test_a_class_on_the_hub_from_release_to_feedback(tmp_path) -> None:
         reports = {p.stem: json.loads(p.read_text()) for p in (course_dir / "graded" / CHAPTER / "reports").glob("*")}
         assert sorted(reports) == [a, b], "one report per learner who submitted, graded once"
         assert reports[a]["max_points"] > 0 and reports[a]["points"] == reports[a]["max_points"], reports[a]
+        graded_with = {n["notebook"]: n["variant"]["values"] for n in reports[a]["notebooks"] if "variant" in n}
+        assert graded_with and all(v == variants.learner_values(
+            json.loads((CHAPTERS_DIR / CHAPTER / n).read_text()), secret, a) for n, v in graded_with.items())
+        assert not [f for f in reports[a]["flags"] if f.startswith("variant_mismatch")], reports[a]["flags"]
         assert reports[b]["points"] == 0, reports[b]
         timings["grade"] = time.monotonic() - started
         out = hub.cli("feedback", CHAPTER)
@@ -348,6 +365,7 @@ def test_a_class_on_the_hub_from_release_to_feedback(tmp_path) -> None:
                         ["sh", "-c", f"cat {exchange}/dlbook/inbound/{b}+{CHAPTER}+*/*.ipynb"],
                         ["ls", str(exchange / "dlbook" / "feedback")],
                         ["ls", str(course_dir)], ["cat", str(CHAPTERS_DIR / CHAPTER / notebooks[0])],
+                        ["ls", str(personal / b)], ["cat", str(personal / b / CHAPTER / notebooks[0])],
                         ["cat", str(root / "room" / "credentials.csv")],
                         ["ls", str(root / "room" / "hub")]):
             result = _as(a, *attempt)

@@ -24,6 +24,7 @@ import pytest
 from autograder import course
 from autograder.config import CHAPTERS_DIR, REPO_ROOT
 from autograder.grade import Settings, grade
+from autograder.grading.executors import scheduler_env
 from autograder.grading.notebook import reference_cells
 from autograder.grading.sandbox import Limits
 
@@ -277,12 +278,34 @@ def _kill_every_worker_grading(cluster: DaskCluster, prefix: str, done: threadin
             time.sleep(0.2)
 
 
+def _scheduler_config() -> tuple:
+    import dask
+
+    return (dask.config.get("distributed.scheduler.worker-saturation"),
+            dask.config.get("distributed.scheduler.allowed-failures"))
+
+
+def test_the_grading_scheduler_gives_a_worker_one_submission_at_a_time(cluster) -> None:
+    """``autograder scheduler``: worker-saturation 1.0 (Dask's default 1.1 queues a second task on a worker)."""
+    with cluster.client() as client:
+        assert client.run_on_scheduler(_scheduler_config) == (1.0, 1)
+    with pytest.raises(ValueError, match="allowed-failures >= 0"):
+        scheduler_env(-1)
+
+
 def test_a_submission_that_kills_every_worker_ends_crashed(setup, pg, cluster) -> None:
-    """allowed-failures is 1: the second worker that dies grading it marks it crashed; the other is graded."""
+    """allowed-failures is 1: the second worker that dies grading it marks it crashed; the other is graded.
+
+    The scheduler (``autograder scheduler``) gives a worker one task at a time, so ``fine`` is never held
+    by a worker that crashy kills, and is graded however the two are placed.
+    """
     cluster.wait_workers(2)
     db = pg.create_database("crash")
     subs = setup["root"] / "crash"
-    _write(subs, CHAPTER, {"crashy": (NB, (setup["subs"] / "alice" / CHAPTER / NB).read_bytes()),
+    # crashy stands still for 45 s (under the 60 s cell timeout): whichever worker takes it is caught at it
+    crashy = _after(nbformat.reads((setup["subs"] / "alice" / CHAPTER / NB).read_text(), as_version=4),
+                    "ch01_central_difference", "import time\ntime.sleep(45)")
+    _write(subs, CHAPTER, {"crashy": (NB, nbformat.writes(crashy).encode()),
                            "fine": (NB, (setup["subs"] / "bob" / CHAPTER / NB).read_bytes())})
     done, kills = threading.Event(), []
     killer = threading.Thread(target=_kill_every_worker_grading,
@@ -298,7 +321,7 @@ def test_a_submission_that_kills_every_worker_ends_crashed(setup, pg, cluster) -
     assert len(kills) == 2, f"expected 2 workers killed (allowed-failures 1), got {kills}"
     assert crashy["status"] == "crashed" and crashy["points"] == 0
     assert any(f.startswith("worker_crashed:") for f in crashy["flags"]), crashy["flags"]
-    assert fine["status"] == "graded"
+    assert fine["status"] == "graded", (fine["flags"], [n.get("flags") for n in fine.get("notebooks", [])])
     assert dict(pg.query("crash", "SELECT student, status FROM dlbook_graded")) == {"crashy": "crashed",
                                                                                    "fine": "graded"}
     assert "crashy" in result.summary() and "crashed" in result.summary()

@@ -316,6 +316,8 @@ NBGRADER_LEARNER = '''\
 c = get_config()  # noqa: F821
 c.CourseDirectory.course_id = {course_id!r}
 c.Exchange.root = {exchange!r}
+# Fetch gives a learner their own release (`classroom release CHAPTER --per-student`) when there is one
+c.ExchangeFactory.fetch_assignment = "autograder.classroom.personal_fetch.PersonalFetchAssignment"
 '''
 
 NBGRADER_INSTRUCTOR = '''\
@@ -459,10 +461,23 @@ def _exchange_args(room: Classroom) -> list[str]:
     return [f"--Exchange.root={room.exchange}", f"--CourseDirectory.course_id={COURSE_ID}"]
 
 
-def release(room: Classroom, chapter: str) -> Path:
-    """Generate the student version of ``chapter`` and put it in the exchange's outbound folder."""
+def release(room: Classroom, chapter: str, per_student: bool = False) -> Path:
+    """Generate the student version of ``chapter`` and put it in the exchange's outbound folder.
+
+    ``per_student``: also one copy per roster learner with their own values (:mod:`autograder.variants`)
+    in ``EXCHANGE/<course>/personal/<student>/``, which their *Fetch* hands out (:mod:`.personal_fetch`).
+    """
     course_dir, source_dir = Path(room.course_dir), Path(room.source_dir)
-    course.release([chapter], course_dir, source_dir, quiet=True)
+    if per_student:
+        from ..variants import VariantError, release_per_student
+
+        try:
+            release_per_student([chapter], Path(room.roster), course_dir, source_dir, exchange=Path(room.exchange),
+                                course_id=COURSE_ID, quiet=True)
+        except VariantError as err:
+            raise ClassroomError(str(err)) from None
+    else:
+        course.release([chapter], course_dir, source_dir, quiet=True)
     course.run_nbgrader(course_dir, "release_assignment", chapter, "--force", *_exchange_args(room),
                         source_dir=source_dir, quiet=True)
     return Path(room.exchange) / COURSE_ID / "outbound" / chapter
@@ -577,6 +592,9 @@ def main(argv: list[str], course_dir: Path = DEFAULT_COURSE_DIR, source_dir: Pat
             "grade": "grade the collected submissions with the confined grader (scores to the gradebook)",
             "feedback": "release the grader's feedback pages to the learners through the exchange"}[name])
         p.add_argument("chapter")
+        if name == "release":
+            p.add_argument("--per-student", action="store_true",
+                           help="also one copy per learner with their own values, which their Fetch gets")
         if name == "grade":
             p.add_argument("--workers", type=int, default=None, help="parallel kernels (default: the cores)")
             p.add_argument("--full", action="store_true", help="run notebooks at full settings (slow)")
@@ -608,7 +626,9 @@ def main(argv: list[str], course_dir: Path = DEFAULT_COURSE_DIR, source_dir: Pat
 def _run_command(args: argparse.Namespace, room: Classroom) -> None:
     """``release``, ``collect``, ``grade``, ``feedback`` or ``export`` on an existing classroom."""
     if args.command == "release":
-        print(f"released {args.chapter} to {release(room, args.chapter)}")
+        print(f"released {args.chapter} to {release(room, args.chapter, args.per_student)}")
+        if args.per_student:
+            print(f"each learner's own copy (their values): {Path(room.exchange) / COURSE_ID / 'personal'}")
         print("learners fetch it in JupyterLab's Assignments tab; a second fetch never overwrites their copy")
     elif args.command == "collect":
         got = collect(room, args.chapter)

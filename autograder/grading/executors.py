@@ -119,3 +119,30 @@ def exec_worker(scheduler: str, slots: int | None = None, memory_bytes: int = 4 
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **os.environ}  # one core per grading slot
     argv = worker_argv(scheduler, slots, memory_bytes, extra)
     os.execve(argv[0], argv, env)
+
+
+def scheduler_env(allowed_failures: int, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a grading ``dask scheduler``: ``allowed_failures``, and one task per worker thread.
+
+    Dask's default ``worker-saturation`` (1.1) lets a one-thread worker hold a second task queued behind
+    the one it runs. When a submission kills its worker, the scheduler counts every task that worker held
+    against its ``allowed-failures``: an innocent submission queued behind a crashing one twice would end
+    ``crashed``. With 1.0 a worker holds only the submission it grades; the rest wait at the scheduler.
+    """
+    if allowed_failures < 0:
+        raise ValueError(f"expected allowed-failures >= 0, got {allowed_failures}")
+    return {**(os.environ if environ is None else environ),
+            "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": "1.0",
+            "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(allowed_failures)}
+
+
+def scheduler_argv(host: str = "127.0.0.1", port: int = 8786) -> list[str]:
+    """The ``dask scheduler`` command line of a grading scheduler (no dashboard)."""
+    return [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", host, "--port", str(port),
+            "--no-dashboard"]
+
+
+def exec_scheduler(host: str = "127.0.0.1", port: int = 8786, allowed_failures: int = 2) -> None:
+    """Become the grading ``dask scheduler`` (never returns): see :func:`scheduler_env`."""
+    argv = scheduler_argv(host, port)
+    os.execve(argv[0], argv, scheduler_env(allowed_failures))
