@@ -13,7 +13,7 @@ from typing import NamedTuple
 import nbformat
 import pytest
 
-from autograder import course
+from autograder import course, variants
 from autograder.config import CHAPTERS_DIR, REPO_ROOT
 from autograder.grade import Settings, grade
 
@@ -57,6 +57,10 @@ def nbgrader_meta(cell: nbformat.NotebookNode) -> dict:
     return cell.get("metadata", {}).get("nbgrader", {})
 
 
+# the course secret of the graded chapters' per-learner releases (alice's)
+VARIANT_SECRET = b"the test suite's course secret"
+
+
 def fill_solutions(student_nb: nbformat.NotebookNode, source_nb: nbformat.NotebookNode,
                    extra: dict[str, str] | None = None) -> nbformat.NotebookNode:
     """Return a copy of a student notebook whose solution cells hold the instructor's answers.
@@ -90,6 +94,11 @@ def _grade_chapter(chapter: str, root: Path) -> tuple[Path, dict[Path, str], dic
 
     carol hands in only the notebooks that hold a bug (her other notebooks would be alice's), which
     keeps the test suite's time down.
+
+    alice works on her own per-learner release (:mod:`autograder.variants`: the exercises that declare
+    variants hold her values, not the instructor's) and the judge grades her with them, so each chapter's
+    variants are checked with a learner's values at no extra cost; nbgrader, bob and carol use the defaults.
+    The secret is passed, never read from ``$DLBOOK_COURSE_SECRET`` (a test may set that meanwhile).
     """
     course_dir = root / "course" / chapter
     course.release([chapter], course_dir, quiet=True)
@@ -97,7 +106,8 @@ def _grade_chapter(chapter: str, root: Path) -> tuple[Path, dict[Path, str], dic
     for src in sorted((CHAPTERS_DIR / chapter).glob("*.ipynb")):
         student_nb = nbformat.read(course_dir / "release" / chapter / src.name, as_version=4)
         source_nb = nbformat.read(src, as_version=4)
-        learners = {"alice": fill_solutions(student_nb, source_nb), "bob": student_nb}
+        alice_nb = nbformat.from_dict(variants.personalise(student_nb, VARIANT_SECRET, "alice"))
+        learners = {"alice": fill_solutions(alice_nb, source_nb), "bob": student_nb}
         ids = {nbgrader_meta(c).get("grade_id") for c in source_nb.cells}
         bugs = {bug.solution_id: bug.code for bug in BUGS.get(chapter, []) if bug.solution_id in ids}
         if bugs:
@@ -109,7 +119,8 @@ def _grade_chapter(chapter: str, root: Path) -> tuple[Path, dict[Path, str], dic
     hashes = _hashes(subs)
     course.autograde(chapter, subs, course_dir, fast=True, quiet=True)
     batch = grade(chapter, subs, CHAPTERS_DIR, root / "graded" / chapter, workers=1,
-                  settings=Settings(cell_timeout=300, notebook_budget=1200), progress=False)
+                  settings=Settings(cell_timeout=300, notebook_budget=1200), progress=False,
+                  variants=variants.GradingVariants(VARIANT_SECRET, frozenset({"alice"})))
     return course_dir, hashes, course.scores(chapter, course_dir), {"reports": batch.by_student,
                                                                       "scores": _judge_scores(batch.reports)}
 

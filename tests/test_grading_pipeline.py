@@ -5,16 +5,17 @@ from __future__ import annotations
 import csv
 import hashlib
 import html
+import json
 import re
 
 import nbformat
 import pytest
 
-from autograder import course
+from autograder import course, variants
 from autograder.bench import load_targets
 from autograder.config import CHAPTER_PRIVATE_FILES
 
-from .conftest import BUGS, CHAPTERS, CHAPTERS_DIR, bug_loses, nbgrader_meta
+from .conftest import BUGS, CHAPTERS, CHAPTERS_DIR, VARIANT_SECRET, bug_loses, nbgrader_meta
 
 pytestmark = pytest.mark.slow
 
@@ -145,6 +146,11 @@ def test_judge_full_marks_zero_and_the_bug(graded, chapter) -> None:
     assert bob["points"] == 0
     honest_flags = [f for f in alice["flags"] if not f.startswith("renamed")]
     assert not honest_flags, f"the instructor's solutions were flagged: {honest_flags}"
+    for nb in alice["notebooks"]:  # alice was graded with her own per-learner values (conftest._grade_chapter)
+        source = json.loads((CHAPTERS_DIR / chapter / nb["notebook"]).read_text())
+        if variants.declarations(source):
+            mine = variants.learner_values(source, VARIANT_SECRET, "alice")
+            assert nb["variant"]["values"] == mine != variants.notebook_values(source), nb["notebook"]
     if chapter in BUGS:  # carol handed in only the notebooks with a bug: compare the exercises of those
         carol = judged["reports"]["carol"]
         lost = {e["grade_id"] for n in carol["notebooks"] if n["status"] == "graded" for e in n["exercises"]
