@@ -210,6 +210,11 @@ def quantize_onnx_int8(model_bytes: bytes) -> bytes:
     Weights of Conv, MatMul and Gemm become int8 (per tensor); activations are quantized on the fly
     at run time (dynamic quantization), as ``dlbook.quantize.quantize_int8`` does in PyTorch. The
     model is pre-processed (shape inference, graph optimisation) first, as ONNX Runtime recommends.
+
+    Weights use 7 of the 8 bits (``reduce_range``): on x86 CPUs without VNNI, ONNX Runtime's uint8 x int8
+    kernels add pairs of products in 16 bits, which saturate with full-range weights (its documentation
+    says so). Measured on an AVX2-only AMD EPYC, a small CNN: outputs off by 12.5 % of their largest
+    value with 8-bit weights, 1.6 % with 7-bit ones.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -219,5 +224,5 @@ def quantize_onnx_int8(model_bytes: bytes) -> bytes:
         fp32, pre, int8 = Path(tmp, "fp32.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "int8.onnx")
         fp32.write_bytes(model_bytes)
         quant_pre_process(str(fp32), str(pre))
-        quantize_dynamic(str(pre), str(int8), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(pre), str(int8), weight_type=QuantType.QInt8, reduce_range=True)
         return int8.read_bytes()

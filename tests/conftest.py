@@ -119,7 +119,8 @@ def _grade_chapter(chapter: str, root: Path) -> tuple[Path, dict[Path, str], dic
     hashes = _hashes(subs)
     course.autograde(chapter, subs, course_dir, fast=True, quiet=True)
     batch = grade(chapter, subs, CHAPTERS_DIR, root / "graded" / chapter, workers=1,
-                  settings=Settings(cell_timeout=300, notebook_budget=1200), progress=False,
+                  # one torch thread per kernel: two chapters are graded at once, nbgrader beside them
+                  settings=Settings(cell_timeout=300, notebook_budget=1200, threads=1), progress=False,
                   variants=variants.GradingVariants(VARIANT_SECRET, frozenset({"alice"})))
     return course_dir, hashes, course.scores(chapter, course_dir), {"reports": batch.by_student,
                                                                       "scores": _judge_scores(batch.reports)}

@@ -304,7 +304,8 @@ def _batch_settings(settings: Settings | None, workers: int, address: str | None
     if address is None:
         if settings.use_bwrap is None:
             settings.use_bwrap = bwrap_available()
-        settings.threads = max(1, (os.cpu_count() or 1) // workers)
+        if settings.threads is None:  # a caller that runs other work beside the batch says how many
+            settings.threads = max(1, (os.cpu_count() or 1) // workers)
     else:
         settings.threads = 1  # one grading slot per core on each worker host (python -m autograder worker)
     return settings

@@ -25,7 +25,7 @@ class Settings:
     fast: bool = True  # DLBOOK_FAST=1 in the kernel
     limits: Limits = field(default_factory=Limits)
     use_bwrap: bool | None = None  # None: whenever bubblewrap works
-    threads: int = 1  # OMP/MKL threads per kernel
+    threads: int | None = None  # OMP/MKL threads per kernel; None: the batch decides (cores // workers), else 1
     feedback: bool = True
     worker_memory_bytes: int = 8 << 30  # RLIMIT_AS of each grading worker process (the judge runs there)
     judge_seed: int | None = None  # salt of hidden inputs; None: a fresh one per notebook (recorded in the report)
@@ -120,7 +120,7 @@ def run_notebook(cells: list[dict], workdir: Path | None, settings: Settings, wa
     ``left_out``: what an earlier copy of ``workdir`` left out (see :mod:`.task`), reported like the kernel's own.
     """
     kernel = Kernel(workdir, settings.limits,
-                    course_env(settings.threads, settings.fast, {"DLBOOK_GUARD_MODULES": ",".join(watch)}),
+                    course_env(settings.threads or 1, settings.fast, {"DLBOOK_GUARD_MODULES": ",".join(watch)}),
                     settings.use_bwrap, zygote=bool(settings.zygote))
     shutil.copyfile(Path(__file__).with_name("agent.py"), kernel.grader_dir / "_dlbook_agent.py")
     (kernel.grader_dir / "_dlbook_agent.py").chmod(0o644)
