@@ -231,9 +231,10 @@ def _grade(args, parser, course_dir: Path, source_dir: Path) -> int:
 def _scheduler(args, parser, course_dir: Path, source_dir: Path) -> None:
     from .grading.executors import exec_scheduler
 
-    if args.allowed_failures < 0:
-        parser.error(f"--allowed-failures: expected 0 or more, got {args.allowed_failures}")
-    exec_scheduler(args.host, args.port, args.allowed_failures)
+    try:
+        exec_scheduler(args.host, args.port, args.allowed_failures)
+    except ValueError as err:  # raised before the exec: a bad --allowed-failures
+        parser.error(f"--allowed-failures: {err}")
 
 
 def _worker(args, parser, course_dir: Path, source_dir: Path) -> None:

@@ -121,7 +121,7 @@ def exec_worker(scheduler: str, slots: int | None = None, memory_bytes: int = 4 
     os.execve(argv[0], argv, env)
 
 
-def scheduler_env(allowed_failures: int, environ: dict[str, str] | None = None) -> dict[str, str]:
+def scheduler_env(allowed_failures: int) -> dict[str, str]:
     """The environment of a grading ``dask scheduler``: ``allowed_failures``, and one task per worker thread.
 
     Dask's default ``worker-saturation`` (1.1) lets a one-thread worker hold a second task queued behind
@@ -131,8 +131,7 @@ def scheduler_env(allowed_failures: int, environ: dict[str, str] | None = None) 
     """
     if allowed_failures < 0:
         raise ValueError(f"expected allowed-failures >= 0, got {allowed_failures}")
-    return {**(os.environ if environ is None else environ),
-            "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": "1.0",
+    return {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": "1.0",
             "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(allowed_failures)}
 
 
