@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 
 import numpy as np
 import torch
@@ -23,7 +24,23 @@ def seed_everything(seed: int = 0, deterministic: bool = True) -> np.random.Gene
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        _deterministic_algorithms()
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
     return np.random.default_rng(seed)
+
+
+def _deterministic_algorithms() -> None:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)``, without its 1.6 s import.
+
+    That function imports ``torch._inductor.config`` (and with it much of ``torch._dynamo``, ~800
+    modules) only to set Inductor's ``deterministic`` flag, which only ``torch.compile`` reads. Every
+    notebook calls :func:`seed_everything` at its start, so every kernel paid it. Inductor reads the same
+    flag from ``TORCHINDUCTOR_DETERMINISTIC`` when it is first imported, so that is set instead; when
+    Inductor is already loaded the flag is set on it directly, as torch does.
+    """
+    if "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        return
+    os.environ["TORCHINDUCTOR_DETERMINISTIC"] = "1"
+    torch._C._set_deterministic_algorithms(True, warn_only=True)

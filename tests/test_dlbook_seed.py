@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,6 +23,7 @@ def restore_global_state(monkeypatch):
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     bench, cudnn_det = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.delenv("TORCHINDUCTOR_DETERMINISTIC", raising=False)
     yield
     random.setstate(py_state)
     np.random.set_state(np_state)
@@ -61,9 +65,30 @@ def test_deterministic_flags():
     seed_everything(0, deterministic=True)
     assert torch.are_deterministic_algorithms_enabled()
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
-    import os
-
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+
+_FRESH_PROCESS = """
+import sys, torch
+{before}
+from dlbook import seed_everything
+seed_everything(0)
+loaded_by_seed = "torch._inductor.config" in sys.modules
+import torch._inductor.config as inductor_config
+print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+      inductor_config.deterministic, loaded_by_seed)
+"""
+
+
+@pytest.mark.parametrize("inductor_first", [False, True], ids=["inductor-later", "inductor-loaded"])
+def test_deterministic_flags_match_torchs_own_call_in_a_fresh_process(inductor_first):
+    """The flags torch.use_deterministic_algorithms(True, warn_only=True) sets, Inductor's included, whether
+    Inductor is imported after seeding or was already loaded; and seeding does not import it (1.6 s)."""
+    before = "import torch._inductor.config" if inductor_first else ""
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_DETERMINISTIC"}
+    out = subprocess.run([sys.executable, "-c", _FRESH_PROCESS.format(before=before)], capture_output=True,
+                         text=True, check=True, env=env).stdout.split()
+    assert out == ["True", "True", "True", str(inductor_first)], out
 
 
 @pytest.mark.parametrize("seed", [-1, 1.5, "0", None, True, np.float64(3.0)])

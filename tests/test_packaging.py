@@ -68,3 +68,11 @@ def test_binder_postbuild_builds_workspace(tmp_path) -> None:
     assert all("BEGIN SOLUTION" not in p.read_text() for p in notebooks)
     page_config = json.loads((tmp_path / ".jupyter" / "labconfig" / "page_config.json").read_text())
     assert page_config["disabledExtensions"]["@jupyter/nbgrader:formgrader"] is True, page_config
+
+
+def test_importing_nbformat_stays_cheap() -> None:
+    """jsonschema 4.25+ imports rfc3987-syntax, which builds a lark parser at import (1.9 s of a 2.1 s
+    `import nbformat`, paid by every nbgrader and Jupyter process): pyproject.toml keeps jsonschema below it."""
+    code = "import sys, nbformat; print(sorted(m for m in ('lark', 'rfc3987_syntax') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", f"importing nbformat loaded {out}"
