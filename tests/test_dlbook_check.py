@@ -423,3 +423,68 @@ def test_assert_normal_sample_fails_a_wrong_scale_a_shift_and_a_non_normal_draw(
         check.assert_normal_sample("ex", "w", uniform, 1.0)
     with pytest.raises(check.CheckFailure, match="non-finite"):
         check.assert_normal_sample("ex", "w", np.array([0.0, np.nan, 1.0]), 1.0)
+
+
+def test_parse_python_tries_again_after_the_spurious_ast_race(monkeypatch):
+    """CPython 3.11's spurious SystemError (two threads building ASTs) is retried; other errors are not."""
+    import ast
+
+    real, calls = ast.parse, []
+
+    def flaky(source, *args, **kwargs):
+        calls.append(source)
+        if len(calls) < 3:
+            raise SystemError("AST constructor recursion depth mismatch (before=63, after=69)")
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(ast, "parse", flaky)
+    tree = check.parse_cell("x = 1\n%matplotlib inline")
+    assert isinstance(tree.body[0], ast.Assign) and len(calls) == 3
+    assert ast.literal_eval(check.parse_python("{'a': [1, 2]}", mode="eval")) == {"a": [1, 2]}
+
+    def broken(source, *args, **kwargs):
+        raise SystemError("something else")
+
+    monkeypatch.setattr(ast, "parse", broken)
+    with pytest.raises(SystemError, match="something else"):
+        check.parse_cell("x = 1")
+    monkeypatch.setattr(ast, "parse", real)
+    assert check.parse_cell("def (:") is None
+
+
+def test_parse_python_in_two_threads_with_finalisers_never_fails():
+    """The race for real: two threads parse at different stack depths while garbage collections run Python
+    finalisers (which hand the GIL over mid-parse). ast.parse alone fails here on CPython 3.11."""
+    import sys
+    import threading
+
+    source = "\n".join(f"def f{i}(x):\n    return [y * {i} for y in range(x) if y % 3]" for i in range(200))
+    errors: list[BaseException] = []
+
+    class Finaliser:
+        def __del__(self):
+            sum(range(50))
+
+    def parse_at_depth(depth: int) -> None:
+        if depth:
+            return parse_at_depth(depth - 1)
+        for _ in range(150):
+            junk = [Finaliser() for _ in range(50)]
+            junk.append(junk)  # a cycle: only the garbage collector frees it
+            try:
+                check.parse_python(source)
+            except BaseException as err:  # noqa: BLE001 - reported below
+                errors.append(err)
+                return
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=parse_at_depth, args=(d,)) for d in (3, 9)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors[0]

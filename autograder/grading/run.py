@@ -102,11 +102,13 @@ def _finish(reply: dict, error: str | None, outputs: Outputs) -> dict:
 
 
 def _guard_result(res: dict) -> dict | None:
+    from dlbook.check import parse_python  # one parser, safe in a threaded worker (the static checks' too)
+
     value = res.get("expressions", {}).get("guard", {})
     if res["status"] != "ok" or value.get("status") != "ok":
         return None
     try:
-        return json.loads(ast.literal_eval(value["data"]["text/plain"]))
+        return json.loads(ast.literal_eval(parse_python(value["data"]["text/plain"], mode="eval")))
     except (KeyError, ValueError, SyntaxError):
         return None
 
