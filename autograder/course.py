@@ -42,10 +42,12 @@ def run_nbgrader(
     source_dir: Path = CHAPTERS_DIR,
     fast: bool | None = None,
     quiet: bool = False,
+    module: str = "nbgrader",
 ) -> str:
     """Run ``nbgrader ARGS`` in ``course_dir`` and return its log; raise :class:`CourseError` on failure.
 
     ``fast=True`` sets ``DLBOOK_FAST=1`` for the kernels nbgrader starts, ``False`` clears it.
+    ``module`` runs another command with the same environment (``autograder.release_many``).
     """
     write_course_config(course_dir, source_dir)
     env = dict(os.environ)
@@ -56,14 +58,14 @@ def run_nbgrader(
     env.setdefault("MPLBACKEND", "Agg")
     # nbgrader runs `alembic` and starts kernels from PATH: use this interpreter's environment.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    cmd = [sys.executable, "-m", "nbgrader", *args]
+    cmd = [sys.executable, "-m", module, *args]
     proc = subprocess.run(cmd, cwd=course_dir, env=env, capture_output=True, text=True)
     log = proc.stdout + proc.stderr
     if not quiet:
         sys.stderr.write(log)
     if proc.returncode != 0:
         tail = "\n".join(log.splitlines()[-30:])
-        raise CourseError(f"`nbgrader {' '.join(args)}` failed (exit {proc.returncode}):\n{tail}")
+        raise CourseError(f"`{module} {' '.join(args)}` failed (exit {proc.returncode}):\n{tail}")
     return log
 
 
@@ -106,22 +108,27 @@ def release(
     and is still there; ``make lab`` and Binder start in seconds when nothing changed.
     """
     chapters = chapters or list_chapters(source_dir)
-    out = []
+    todo: dict[str, str] = {}  # chapter -> fingerprint of what it is released from
     for chapter in chapters:
         _check_chapter(chapter, source_dir)
-        released = course_dir / "release" / chapter
         stamp = course_dir / RELEASE_STAMPS / f"{chapter}.sha256"
         fingerprint = source_fingerprint(chapter, source_dir)
-        unchanged = stamp.is_file() and stamp.read_text().strip() == fingerprint and any(released.glob("*.ipynb"))
+        unchanged = (stamp.is_file() and stamp.read_text().strip() == fingerprint
+                     and any((course_dir / "release" / chapter).glob("*.ipynb")))
         if not (only_changed and unchanged):
             stamp.unlink(missing_ok=True)  # no stamp for a release that is being replaced
-            run_nbgrader(course_dir, "generate_assignment", chapter, "--force", source_dir=source_dir, quiet=quiet)
-            stamp.parent.mkdir(parents=True, exist_ok=True)
-            tmp = stamp.with_suffix(".tmp")
-            tmp.write_text(fingerprint + "\n")
-            tmp.replace(stamp)  # atomic: a stamp is whole or absent
-        out.append(released)
-    return out
+            todo[chapter] = fingerprint
+    if todo:
+        # one process for all of them (autograder/release_many.py); a failure leaves no stamp for any
+        run_nbgrader(course_dir, str(Path(course_dir).resolve()), str(Path(source_dir).resolve()), *todo,
+                     source_dir=source_dir, quiet=quiet, module="autograder.release_many")
+    for chapter, fingerprint in todo.items():
+        stamp = course_dir / RELEASE_STAMPS / f"{chapter}.sha256"
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stamp.with_suffix(".tmp")
+        tmp.write_text(fingerprint + "\n")
+        tmp.replace(stamp)  # atomic: a stamp is whole or absent
+    return [course_dir / "release" / chapter for chapter in chapters]
 
 
 def collect(chapter: str, submissions: Path, course_dir: Path = DEFAULT_COURSE_DIR) -> list[str]:

@@ -94,3 +94,40 @@ def test_only_changed_chapters_are_released_again(tmp_path) -> None:
     assert "# A new title" in (course_dir / "release" / "01_backprop" / nb_path.name).read_text()
     shutil.rmtree(course_dir / "release" / "01_backprop")  # a release that is gone is made again
     assert release_times().keys() == first.keys()
+
+
+@pytest.mark.slow
+def test_releasing_several_chapters_in_one_process_gives_nbgraders_release(tmp_path) -> None:
+    """course.release (autograder/release_many.py, one process) makes byte for byte what `nbgrader
+    generate_assignment` makes, one chapter per run; and the gradebook knows every chapter."""
+    import hashlib
+
+    from nbgrader.api import Gradebook
+
+    chapters = ["01_backprop", "08_scale"]  # 08 has a file besides its notebooks (ddp_train.py)
+    course.release(chapters, tmp_path / "many", quiet=True)
+    for chapter in chapters:
+        course.run_nbgrader(tmp_path / "cli", "generate_assignment", chapter, "--force", quiet=True)
+
+    def files(root):
+        return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted((root / "release").rglob("*")) if p.is_file()}
+
+    many, cli = files(tmp_path / "many"), files(tmp_path / "cli")
+    assert many and many == cli
+    with Gradebook(f"sqlite:///{tmp_path / 'many' / 'gradebook.db'}") as gb:
+        assert sorted(a.name for a in gb.assignments) == chapters
+
+
+@pytest.mark.slow
+def test_a_chapter_that_fails_to_release_leaves_no_stamp_and_says_which(tmp_path) -> None:
+    import shutil
+
+    source = tmp_path / "chapters"
+    for chapter in ("01_backprop", "02_training"):
+        shutil.copytree(CHAPTERS_DIR / chapter, source / chapter)
+    broken = next((source / "02_training").glob("*.ipynb"))
+    broken.write_text("{ this is not a notebook")
+    with pytest.raises(course.CourseError, match="02_training"):
+        course.release(None, tmp_path / "course", source, quiet=True, only_changed=True)
+    assert not list((tmp_path / "course" / course.RELEASE_STAMPS).glob("*.sha256"))
