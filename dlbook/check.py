@@ -10,6 +10,8 @@ from __future__ import annotations
 import ast
 import inspect
 import textwrap
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -205,6 +207,7 @@ def forbidden(exercise: str, *targets: tuple[Any, str],
 
 
 _PARSE_TRIES = 8
+_PARSE_LOCK = threading.RLock()  # re-entrant: a finaliser run by a collection mid-parse may parse too
 
 
 def parse_python(source: str, mode: str = "exec") -> ast.AST:
@@ -214,17 +217,19 @@ def parse_python(source: str, mode: str = "exec") -> ast.AST:
     threads build ASTs at once (a garbage collection running a finaliser lets another thread in), one of
     them fails with ``SystemError: AST constructor recursion depth mismatch``. A Dask grading worker
     meets it for real: its event loop formats a traceback (3.11's traceback module parses the failing
-    line) while the grading thread parses a notebook. The error is spurious and parsing has no side
-    effects, so it is simply tried again.
+    line) while the grading thread parses a notebook. Parses through this function take turns (a lock);
+    against a parse elsewhere (the traceback module's), the error is spurious and parsing has no side
+    effects, so it is tried again after a moment.
     """
     for attempt in range(_PARSE_TRIES):
         try:
-            return ast.parse(source, mode=mode)
+            with _PARSE_LOCK:
+                return ast.parse(source, mode=mode)
         except SystemError as err:
             if "recursion depth mismatch" not in str(err) or attempt == _PARSE_TRIES - 1:
                 raise
+            time.sleep(0.001 * 2**attempt)
     raise AssertionError("unreachable")
-
 
 
 def parse_cell(source: str) -> ast.AST | None:
