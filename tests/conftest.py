@@ -86,11 +86,8 @@ def _judge_scores(reports: list[dict]) -> dict[str, dict[str, tuple[float, float
                            for n in r["notebooks"] for e in n["exercises"]} for r in reports}
 
 
-def _grade_chapter(chapter: str, root: Path) -> tuple[Path, dict[Path, str], dict, dict]:
-    """Release ``chapter`` into its own course directory and autograde alice, bob and carol there.
-
-    Each chapter is graded twice: by nbgrader (``autograde``, tests in the kernel) and by the
-    confined grader (``grade``, tests in the judge); both must agree.
+def _prepare_chapter(chapter: str, root: Path) -> tuple[Path, Path, dict[Path, str]]:
+    """Release ``chapter`` into its own course directory and write alice's, bob's and carol's submissions.
 
     carol hands in only the notebooks that hold a bug (her other notebooks would be alice's), which
     keeps the test suite's time down.
@@ -99,6 +96,7 @@ def _grade_chapter(chapter: str, root: Path) -> tuple[Path, dict[Path, str], dic
     variants hold her values, not the instructor's) and the judge grades her with them, so each chapter's
     variants are checked with a learner's values at no extra cost; nbgrader, bob and carol use the defaults.
     The secret is passed, never read from ``$DLBOOK_COURSE_SECRET`` (a test may set that meanwhile).
+    Returns the course directory, the submissions folder and the submissions' SHA-256 before grading.
     """
     course_dir = root / "course" / chapter
     course.release([chapter], course_dir, quiet=True)
@@ -116,32 +114,51 @@ def _grade_chapter(chapter: str, root: Path) -> tuple[Path, dict[Path, str], dic
             dest = subs / student / chapter / src.name
             dest.parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, dest)
-    hashes = _hashes(subs)
+    return course_dir, subs, _hashes(subs)
+
+
+def _grade_with_nbgrader(chapter: str, root: Path, prepared: tuple) -> dict:
+    """nbgrader's autograde (tests in the kernel); returns {student: {grade_id: (points, max)}}."""
+    course_dir, subs, _ = prepared
     course.autograde(chapter, subs, course_dir, fast=True, quiet=True)
+    return course.scores(chapter, course_dir)
+
+
+def _grade_with_judge(chapter: str, root: Path, prepared: tuple) -> dict:
+    """The confined grader (``grade``, tests in the judge), alice with her own values."""
+    _, subs, _ = prepared
     batch = grade(chapter, subs, CHAPTERS_DIR, root / "graded" / chapter, workers=1,
-                  # one torch thread per kernel: two chapters are graded at once, nbgrader beside them
+                  # one torch thread per kernel: two jobs are graded at once, on 2 cores
                   settings=Settings(cell_timeout=300, notebook_budget=1200, threads=1), progress=False,
                   variants=variants.GradingVariants(VARIANT_SECRET, frozenset({"alice"})))
-    return course_dir, hashes, course.scores(chapter, course_dir), {"reports": batch.by_student,
-                                                                      "scores": _judge_scores(batch.reports)}
+    return {"reports": batch.by_student, "scores": _judge_scores(batch.reports)}
 
 
 class _ChapterGrading:
-    """Grades the chapters (:func:`_grade_chapter`) in threads that take them from a queue, longest first.
+    """Grades every chapter twice, by nbgrader and by the judge, as separate jobs taken from a queue.
 
-    One thread starts with the session, so the chapters are graded while the tests that do not need
-    them run (most of those wait on servers, browsers and subprocesses, not on the CPU); the
-    ``graded`` fixture adds threads up to one per core and waits. Stopping lets the running chapters
-    finish (their kernels and servers are shut down by the code that started them) and starts no new one.
+    Each chapter is released and its submissions written once (:func:`_prepare_chapter`, by whichever of
+    its two jobs comes first); the two graders then work independently (nbgrader in the chapter's course
+    directory, the judge into its own folder). The longest jobs go first (estimated from the number of
+    notebooks; nbgrader's take about 1.5 times the judge's), and jobs this small leave no long chapter
+    grading alone at the end. One thread starts with the session, so the chapters are graded while the
+    tests that do not need them run; the ``graded`` fixture adds threads up to one per core and waits.
+    Stopping lets the running jobs finish (their kernels and servers are shut down by the code that
+    started them) and starts no new one.
     """
+
+    GRADERS = {"nbgrader": (_grade_with_nbgrader, 1.5), "judge": (_grade_with_judge, 1.0)}
 
     def __init__(self, root: Path, chapters: list[str]) -> None:
         self.root = root
-        self.todo: queue.Queue[str] = queue.Queue()
-        # the longest first (estimated by the number of notebooks), so no long chapter starts last
-        for chapter in sorted(chapters, key=lambda c: -len(list((CHAPTERS_DIR / c).glob("*.ipynb")))):
-            self.todo.put(chapter)
-        self.results: dict[str, tuple] = {}
+        self.todo: queue.Queue[tuple[str, str]] = queue.Queue()
+        size = {c: len(list((CHAPTERS_DIR / c).glob("*.ipynb"))) for c in chapters}
+        jobs = [(chapter, grader) for chapter in chapters for grader in self.GRADERS]
+        for job in sorted(jobs, key=lambda j: -size[j[0]] * self.GRADERS[j[1]][1]):
+            self.todo.put(job)
+        self.prepared: dict[str, tuple] = {}
+        self.locks = {chapter: threading.Lock() for chapter in chapters}
+        self.results: dict[tuple[str, str], object] = {}
         self.errors: dict[str, BaseException] = {}
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
@@ -152,16 +169,22 @@ class _ChapterGrading:
             thread.start()
             self.threads.append(thread)
 
+    def _prepare(self, chapter: str) -> tuple:
+        with self.locks[chapter]:
+            if chapter not in self.prepared:
+                self.prepared[chapter] = _prepare_chapter(chapter, self.root)
+            return self.prepared[chapter]
+
     def _work(self) -> None:
         while not self.stopping.is_set():
             try:
-                chapter = self.todo.get_nowait()
+                chapter, grader = self.todo.get_nowait()
             except queue.Empty:
                 return
             try:
-                self.results[chapter] = _grade_chapter(chapter, self.root)
+                self.results[chapter, grader] = self.GRADERS[grader][0](chapter, self.root, self._prepare(chapter))
             except BaseException as err:  # noqa: BLE001 - reported by the graded fixture
-                self.errors[chapter] = err
+                self.errors[f"{chapter} ({grader})"] = err
 
     def wait(self) -> None:
         for thread in self.threads:
@@ -196,7 +219,7 @@ def graded(_chapter_grading: _ChapterGrading) -> dict:
 
     alice submits the instructor's solutions, bob the untouched student release, carol the
     solutions with the chapter's deliberate bugs. Each chapter is its own nbgrader course directory
-    (its own gradebook), so chapters are graded in parallel, one per core.
+    (its own gradebook); nbgrader and the judge grade it in separate jobs, two at a time on 2 cores.
     """
     grading = _chapter_grading
     grading.add_threads(max(1, min(len(CHAPTERS), os.cpu_count() or 1)))
@@ -206,11 +229,11 @@ def graded(_chapter_grading: _ChapterGrading) -> dict:
         raise RuntimeError(f"grading {sorted(grading.errors)} failed; {chapter}: {type(err).__name__}: {err}") from err
     result: dict = {"course_dirs": {}, "hashes": {}, "scores": {}, "judge": {}}
     for chapter in CHAPTERS:
-        course_dir, hashes, scores, judged = grading.results[chapter]
+        course_dir, _, hashes = grading.prepared[chapter]
         result["course_dirs"][chapter] = course_dir
         result["hashes"].update(hashes)
-        result["scores"][chapter] = scores
-        result["judge"][chapter] = judged
+        result["scores"][chapter] = grading.results[chapter, "nbgrader"]
+        result["judge"][chapter] = grading.results[chapter, "judge"]
     return result
 
 

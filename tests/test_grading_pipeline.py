@@ -146,7 +146,7 @@ def test_judge_full_marks_zero_and_the_bug(graded, chapter) -> None:
     assert bob["points"] == 0
     honest_flags = [f for f in alice["flags"] if not f.startswith("renamed")]
     assert not honest_flags, f"the instructor's solutions were flagged: {honest_flags}"
-    for nb in alice["notebooks"]:  # alice was graded with her own per-learner values (conftest._grade_chapter)
+    for nb in alice["notebooks"]:  # alice was graded with her own per-learner values (conftest._prepare_chapter)
         source = json.loads((CHAPTERS_DIR / chapter / nb["notebook"]).read_text())
         if variants.declarations(source):
             mine = variants.learner_values(source, VARIANT_SECRET, "alice")
