@@ -1,8 +1,11 @@
 """Data-parallel training on torch.distributed: launching process groups, sharding, all-reduce.
 
 A notebook (or a test) cannot become several processes, so :func:`launch` starts ``world_size``
-fresh Python processes, each of which joins one gloo process group on 127.0.0.1 and calls the same
-function ``fn(rank, world_size, *args)``; the return values come back as a list indexed by rank.
+processes, each of which joins one gloo process group on 127.0.0.1 and calls the same function
+``fn(rank, world_size, *args)``; the return values come back as a list indexed by rank. On Linux one
+fresh Python process imports torch once and forks the ranks from it (importing torch takes about 1.5 s of
+CPU, more than most of the chapter's launches run); each rank is still its own process with its own
+memory, environment (``RANK``...) and output. Elsewhere each rank is a fresh Python process.
 The function travels by value (cloudpickle), so a function defined in a notebook cell works. Worker
 output is captured (never printed to the caller's stderr), a hung collective is killed after
 ``timeout`` seconds, and a failing rank stops the others at once.
@@ -143,26 +146,61 @@ def launch(
     raise AssertionError("unreachable")
 
 
+FORK_RANKS = sys.platform.startswith("linux")  # macOS: forking after importing torch is not safe there
+
+
+class _ForkedRank:
+    """One rank forked by the group launcher: ``poll()``/``returncode`` like a :class:`subprocess.Popen`.
+
+    The launcher writes ``rank<r>.exit`` when the rank ends; a rank without one whose launcher is gone was
+    killed with it (code -9).
+    """
+
+    def __init__(self, launcher: subprocess.Popen, tmp_path: Path, rank: int) -> None:
+        self.launcher, self.exit_file = launcher, tmp_path / f"rank{rank}.exit"
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                self.returncode = int(self.exit_file.read_text())
+            except (OSError, ValueError):
+                if self.launcher.poll() is not None and not self.exit_file.exists():
+                    self.returncode = -signal.SIGKILL
+        return self.returncode
+
+
 def _launch_once(payload: bytes, world_size: int, limit: float, threads: int, echo: bool) -> list[Any]:
     with tempfile.TemporaryDirectory(prefix="dlbook_dist_") as tmp:
         tmp_path = Path(tmp)
         (tmp_path / "payload.pkl").write_bytes(payload)
         port = free_port()
-        procs, logs = [], []
+        procs: list = []
+        logs = [tmp_path / f"rank{rank}.log" for rank in range(world_size)]
         try:
-            for rank in range(world_size):
-                log = tmp_path / f"rank{rank}.log"
-                logs.append(log)
-                with log.open("wb") as out:
+            if FORK_RANKS:  # one launcher imports torch, then forks the ranks (_group_main)
+                env = worker_env(0, world_size, port, threads)
+                for key in ("RANK", "LOCAL_RANK"):
+                    env.pop(key)
+                with (tmp_path / "launcher.log").open("wb") as out:
                     procs.append(subprocess.Popen(
-                        [sys.executable, "-m", "dlbook.distributed", str(tmp_path / "payload.pkl"),
-                         str(tmp_path / f"result{rank}.pkl")],
-                        env=worker_env(rank, world_size, port, threads), stdout=out, stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL, start_new_session=True,
-                    ))
-            _wait_for_ranks(procs, logs, tmp_path, limit)
+                        [sys.executable, "-m", "dlbook.distributed", "--group", str(world_size), str(tmp_path)],
+                        env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                        start_new_session=True))
+                ranks = [_ForkedRank(procs[0], tmp_path, rank) for rank in range(world_size)]
+            else:
+                for rank, log in enumerate(logs):
+                    with log.open("wb") as out:
+                        procs.append(subprocess.Popen(
+                            [sys.executable, "-m", "dlbook.distributed", str(tmp_path / "payload.pkl"),
+                             str(tmp_path / f"result{rank}.pkl")],
+                            env=worker_env(rank, world_size, port, threads), stdout=out, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True,
+                        ))
+                ranks = procs
+            _wait_for_ranks(ranks, logs, tmp_path, limit)
         finally:
-            for proc in procs:
+            for proc in procs:  # the launcher's process group holds its ranks
                 _kill(proc)
         results = []
         for rank in range(world_size):
@@ -218,7 +256,8 @@ def _failure_message(procs: list[subprocess.Popen], logs: list[Path], tmp_path: 
         if result_file.exists():
             status, value = pickle.loads(result_file.read_bytes())
             message = value if status == "error" else ""
-        message = message or "no error message; its last output:\n" + _tail(logs[rank])
+        message = message or "no error message; its last output:\n" + (
+            _tail(logs[rank]) or _tail(tmp_path / "launcher.log"))  # nothing of the rank's: the launcher failed
         secondary = "connection closed" in message.lower() or "connection reset" in message.lower()
         reports.append((secondary, rank, proc.returncode, message))
     _, rank, code, message = min(reports)
@@ -398,8 +437,71 @@ def ring_allreduce_seconds(n_bytes: float, world_size: int, bandwidth: float, la
     return steps * (latency + n_bytes / (world_size * bandwidth))
 
 
+def _single_threaded() -> bool:
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+def _group_main(world_size: int, tmp_path: Path) -> int:
+    """The launcher: fork ``world_size`` ranks from this process (torch imported once), reap them.
+
+    Each rank gets its own ``RANK``/``LOCAL_RANK``, its own log as stdout and stderr, and fresh seeds for
+    torch's, NumPy's and Python's global generators (what a new process has); it runs :func:`_worker_main`
+    and leaves with ``os._exit``. Each rank's exit code (negative: the signal that ended it) goes to
+    ``rank<r>.exit``. A process with more than one thread is not forked (another thread may hold a lock the
+    child would need): then each rank is started the ordinary way.
+    """
+    pids: dict[int, int] = {}
+    for rank in range(world_size):
+        if not _single_threaded():
+            env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank)}
+            with (tmp_path / f"rank{rank}.log").open("wb") as out:
+                proc = subprocess.Popen([sys.executable, "-m", "dlbook.distributed", str(tmp_path / "payload.pkl"),
+                                         str(tmp_path / f"result{rank}.pkl")], env=env, stdout=out,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            pids[proc.pid] = rank
+            continue
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the rank
+            code = 1
+            try:
+                os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank)})
+                log = os.open(tmp_path / f"rank{rank}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.dup2(log, 1)
+                os.dup2(log, 2)
+                os.close(log)
+                import random
+
+                random.seed()
+                torch.seed()
+                if "numpy" in sys.modules:
+                    sys.modules["numpy"].random.seed()
+                code = _worker_main(str(tmp_path / "payload.pkl"), str(tmp_path / f"result{rank}.pkl"))
+            except BaseException:  # noqa: BLE001 - into the rank's log; the launcher reports the exit code
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        pids[pid] = rank
+    while pids:
+        pid, status = os.wait()
+        if pid in pids:
+            exit_file = tmp_path / f"rank{pids.pop(pid)}.exit"
+            exit_file.with_suffix(".tmp").write_text(str(os.waitstatus_to_exitcode(status)))
+            exit_file.with_suffix(".tmp").replace(exit_file)
+    return 0
+
+
 if __name__ == "__main__":
-    _code = _worker_main(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "--group":
+        _code = _group_main(int(sys.argv[2]), Path(sys.argv[3]))
+    else:
+        _code = _worker_main(sys.argv[1], sys.argv[2])
     # Leave without the interpreter's teardown: gloo's background threads can make it abort there
     # ("terminate called without an active exception") after the result was already written.
     sys.stdout.flush()

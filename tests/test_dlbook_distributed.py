@@ -170,6 +170,48 @@ def test_launch_reports_errors_hangs_and_forbidden_calls(capfd):
     assert captured.err == ""
 
 
+def _whoami(rank, world_size):
+    import os
+    import random
+
+    import numpy as np
+
+    print(f"rank {rank} writes to its own log")
+    if rank == 1:
+        os.kill(os.getpid(), 0)  # a live process of its own
+    return {"pid": os.getpid(), "rank_env": os.environ["RANK"], "world_env": os.environ["WORLD_SIZE"],
+            "np": float(np.random.random()), "py": random.random(), "torch": float(torch.rand(1)),
+            "threads": torch.get_num_threads()}
+
+
+@pytest.mark.parametrize("fork", [True, False], ids=["forked-from-one-launcher", "fresh-process-each"])
+def test_each_rank_is_its_own_process_with_its_own_rank_seeds_and_output(fork, monkeypatch, capfd):
+    """Forked ranks (Linux) are what fresh processes were: own pid, RANK, output, torch/NumPy/Python seeds."""
+    if fork and not D.FORK_RANKS:
+        pytest.skip("ranks are forked on Linux only")
+    monkeypatch.setattr(D, "FORK_RANKS", fork)
+    got = D.launch(_whoami, 3, echo=True)
+    assert [g["rank_env"] for g in got] == ["0", "1", "2"] and {g["world_env"] for g in got} == {"3"}
+    assert len({g["pid"] for g in got}) == 3
+    assert len({g["np"] for g in got}) == 3 and len({g["py"] for g in got}) == 3, got
+    assert len({g["torch"] for g in got}) == 3, got  # a new process's torch seed is its own too
+    assert {g["threads"] for g in got} == {1}
+    out = capfd.readouterr().out
+    for rank in range(3):
+        assert f"[rank {rank}] rank {rank} writes to its own log" in out
+        assert out.count(f"] rank {rank} writes") == 1
+
+
+def test_a_launcher_that_cannot_start_is_reported(monkeypatch):
+    """The launcher's own failure (here: no torch to import) is the error, not a silent hang."""
+    if not D.FORK_RANKS:
+        pytest.skip("ranks are forked on Linux only")
+    monkeypatch.setenv("PYTHONPATH", "/nonexistent")
+    monkeypatch.setattr(D.sys, "executable", "/bin/false")
+    with pytest.raises(D.WorkerError, match="rank 0 of 2 failed"):
+        D.launch(_misbehave, 2, ("ok",), timeout=5, grace=5)
+
+
 def test_launch_rejects_bad_arguments():
     with pytest.raises(ValueError):
         D.launch(_misbehave, 0)

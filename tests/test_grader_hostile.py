@@ -160,7 +160,7 @@ def batch(tmp_path_factory) -> dict:
         name, data = nb if isinstance(nb, tuple) else (NB, nbformat.writes(nb).encode())
         (folder / name).write_bytes(data)
     hashes = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in subs_dir.rglob("*") if p.is_file()}
-    settings = Settings(cell_timeout=40, notebook_budget=400,
+    settings = Settings(cell_timeout=20, notebook_budget=400,  # 20 s: the infinite loop burns a core that long
                         limits=Limits(memory_bytes=2 << 30, processes=128, file_bytes=16 << 20))
     db = root / "gradebook.db"
     result = grade(CHAPTER, subs_dir, src, root / "out", workers=2, db_url=f"sqlite:///{db}", settings=settings,

@@ -47,9 +47,9 @@ import sys
 import threading
 from pathlib import Path
 
-# What the chapters import. torch._inductor.config is what torch.use_deterministic_algorithms (in every
-# notebook's dlbook.seed_everything) imports: 800 modules and more than a second, paid once here.
-PRELOAD = ["numpy", "torch", "torch._inductor.config", "matplotlib", "matplotlib.pyplot",
+# What the chapters import. Not torch._inductor (800 modules, 1.2 s): dlbook.seed_everything no longer
+# needs it (dlbook/seed.py), and no chapter compiles a model, so a zygote that loaded it would only be slower.
+PRELOAD = ["numpy", "torch", "matplotlib", "matplotlib.pyplot",
            "matplotlib_inline.backend_inline", "ipywidgets", "tqdm.auto", "ipykernel.kernelapp", "ipykernel.ipkernel",
            "IPython", "sklearn.datasets", "sklearn.model_selection", "gymnasium", "names", "pooch", "cloudpickle",
            "dlbook"]
