@@ -71,3 +71,36 @@ def write_course_config(course_dir: Path, source_dir: Path = CHAPTERS_DIR) -> Pa
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
     return path
+
+
+def alembic_head() -> str:
+    """The gradebook schema's alembic head, read in this process (``alembic heads`` does it in a subprocess).
+
+    nbgrader asks the ``alembic`` command for it each time it creates a gradebook (``get_alembic_version``):
+    a new Python process, about 1 s of CPU. The answer belongs to the installed nbgrader (its migration
+    scripts), not to a gradebook, so it is read from those scripts here, once per process.
+    """
+    global _ALEMBIC_HEAD
+    if _ALEMBIC_HEAD is None:
+        from alembic.config import Config as AlembicConfig
+        from alembic.script import ScriptDirectory
+        from nbgrader.dbutil import ALEMBIC_DIR
+
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", ALEMBIC_DIR)
+        heads = ScriptDirectory.from_config(cfg).get_heads()
+        if len(heads) != 1:
+            raise RuntimeError(f"nbgrader's migration scripts in {ALEMBIC_DIR} have {len(heads)} heads {heads}, "
+                               "expected one")
+        _ALEMBIC_HEAD = heads[0]
+    return _ALEMBIC_HEAD
+
+
+def use_inprocess_alembic_head() -> None:
+    """Make nbgrader's ``Gradebook`` (in this process) take the schema version from :func:`alembic_head`."""
+    import nbgrader.api
+
+    nbgrader.api.get_alembic_version = alembic_head
+
+
+_ALEMBIC_HEAD: str | None = None

@@ -7,26 +7,24 @@ the gradebook (about 1 s). Releasing every chapter (``make lab``'s first start, 
 did that once per chapter. Here nbgrader's own API (``NbGraderAPI.generate_assignment``, what the
 formgrader calls) releases them one after the other with the course's configuration
 (:func:`autograder.config.configure`, the same as the generated ``nbgrader_config.py``); the release is
-byte for byte the one the command line makes (tests/test_course.py). The alembic version is asked once:
-it belongs to the installed nbgrader, not to a gradebook.
+byte for byte the one the command line makes (tests/test_course.py). The alembic version is read in
+this process (:func:`autograder.config.alembic_head`), not from a subprocess per gradebook.
 """
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
 
 def release_many(course_dir: Path, source_dir: Path, chapters: list[str]) -> int:
     """Release ``chapters``; print nbgrader's log; return 0, or 1 at the first chapter that fails."""
-    import nbgrader.api
     from nbgrader.apps import NbGraderAPI
     from traitlets.config import Config
 
-    from .config import configure
+    from .config import configure, use_inprocess_alembic_head
 
-    nbgrader.api.get_alembic_version = functools.cache(nbgrader.api.get_alembic_version)
+    use_inprocess_alembic_head()
     api = NbGraderAPI(config=configure(Config(), course_dir, source_dir))
     for chapter in chapters:
         result = api.generate_assignment(chapter, force=True)

@@ -131,3 +131,23 @@ def test_a_chapter_that_fails_to_release_leaves_no_stamp_and_says_which(tmp_path
     with pytest.raises(course.CourseError, match="02_training"):
         course.release(None, tmp_path / "course", source, quiet=True, only_changed=True)
     assert not list((tmp_path / "course" / course.RELEASE_STAMPS).glob("*.sha256"))
+
+
+def test_the_in_process_alembic_head_is_what_the_alembic_command_says(tmp_path) -> None:
+    """nbgrader's get_alembic_version runs `alembic heads` in a subprocess; ours reads the same scripts."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import nbgrader.api
+    from nbgrader.dbutil import _temp_alembic_ini
+
+    from autograder.config import alembic_head, use_inprocess_alembic_head
+
+    with _temp_alembic_ini(f"sqlite:///{tmp_path / 'unused.db'}") as ini:
+        out = subprocess.check_output([str(Path(sys.executable).parent / "alembic"), "-c", ini, "heads"], text=True)
+    assert alembic_head() == out.split("\n")[0].split(" ")[0] != ""
+    use_inprocess_alembic_head()
+    with nbgrader.api.Gradebook(f"sqlite:///{tmp_path / 'gradebook.db'}") as gb:
+        version = gb.db.execute(nbgrader.api.text("SELECT version_num FROM alembic_version")).scalar()
+    assert version == alembic_head()

@@ -70,6 +70,9 @@ class GradebookStore:
     def __init__(self, db_url: str, assignment: str, references: dict[str, str | Path | bytes]):
         from nbgrader.api import Gradebook
 
+        from ..config import use_inprocess_alembic_head
+
+        use_inprocess_alembic_head()  # a new gradebook's schema version, without an `alembic` subprocess
         self.url = normalize_url(db_url)
         self.assignment = assignment
         self.postgres = make_url(self.url).get_backend_name() == "postgresql"

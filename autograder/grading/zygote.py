@@ -47,9 +47,10 @@ import sys
 import threading
 from pathlib import Path
 
-# What the chapters import. Not torch._inductor (800 modules, 1.2 s): dlbook.seed_everything no longer
-# needs it (dlbook/seed.py), and no chapter compiles a model, so a zygote that loaded it would only be slower.
-PRELOAD = ["numpy", "torch", "matplotlib", "matplotlib.pyplot",
+# What the chapters import. torch._dynamo (which loads torch._inductor.config): 800 modules and 1.3 s of CPU
+# that every kernel would pay at its first torch.optim optimizer, whose methods torch wraps in
+# torch._disable_dynamo, which imports it on first call. Paid once here.
+PRELOAD = ["numpy", "torch", "torch._dynamo", "matplotlib", "matplotlib.pyplot",
            "matplotlib_inline.backend_inline", "ipywidgets", "tqdm.auto", "ipykernel.kernelapp", "ipykernel.ipkernel",
            "IPython", "sklearn.datasets", "sklearn.model_selection", "gymnasium", "names", "pooch", "cloudpickle",
            "dlbook"]
