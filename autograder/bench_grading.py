@@ -70,6 +70,7 @@ def run_grading_bench(out: Path, n: int = 20, chapter: str = "01_backprop", work
     """Time both graders on ``n`` submissions, merge the numbers into ``out``; return True if the target holds."""
     from . import course
     from .grade import grade
+    from .grading.executors import WARM_POOLS
 
     workers = workers or os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="bench-grading-") as tmp:
@@ -85,6 +86,7 @@ def run_grading_bench(out: Path, n: int = 20, chapter: str = "01_backprop", work
         load["before_grade"] = _load()
         print(f"bench grading: nbgrader autograde (sequential): {nbgrader_seconds:.1f} s", flush=True)
         plain = {s: sum(p for p, _ in cells.values()) for s, cells in course.scores(chapter, course_dir).items()}
+        WARM_POOLS.close()  # timed from cold, as nbgrader is: no worker left warm by an earlier batch
         start = time.perf_counter()
         result = grade(chapter, root / "subs", CHAPTERS_DIR, root / "graded", workers=workers,
                        db_url=f"sqlite:///{root / 'bench.db'}", progress=False)
@@ -158,6 +160,7 @@ def run_dask_bench(out: Path, n: int = 12, chapter: str = "01_backprop") -> bool
     """
     from . import course
     from .grade import Settings, grade
+    from .grading.executors import WARM_POOLS
 
     settings = Settings(judge_seed=1)  # the same hidden inputs in every run: the points must agree
     seconds, points = {}, {}
@@ -173,6 +176,7 @@ def run_dask_bench(out: Path, n: int = 12, chapter: str = "01_backprop") -> bool
                 executor = "local"
                 if dask_workers:
                     executor = stack.enter_context(_dask_cluster(dask_workers, root))
+                WARM_POOLS.close()  # each run from cold, Dask's workers as well as the local pool
                 start = time.perf_counter()
                 result = grade(chapter, root / "subs", CHAPTERS_DIR, root / name, workers=workers, settings=settings,
                                progress=False, executor=executor)

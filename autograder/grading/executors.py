@@ -8,6 +8,14 @@ Dask (``dask://HOST:PORT``): one task per submission, ``pure=False``, keyed by t
 tasks again on another worker; a task whose workers died more than ``distributed.scheduler.allowed-failures``
 times ends in ``KilledWorker``, which the batch reports as ``crashed``. The client receives one result per
 key, however many times a task ran, and the batch counts results by student: each submission once.
+
+Local pools are kept warm between batches of one process (:class:`_WarmPools`): a worker imports torch, the
+grader and dlbook and starts its kernel zygote once, about 8 s of CPU, then grades batch after batch as it
+grades submission after submission within one. A worker holds nothing of a submission between tasks (each
+task carries its references and submission; each notebook gets a new judge and a new kernel), so a batch
+graded by a warm worker is graded as by a new one. A pool is reused only with the same worker count, memory
+limit, environment, working directory and ``sys.path`` as when it started (what a spawned worker inherits),
+only after a batch that ran to the end, and never after a worker died.
 """
 
 from __future__ import annotations
@@ -16,8 +24,10 @@ import os
 import secrets
 import socket
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
 from .task import GradedSubmission, GradeTask
@@ -56,21 +66,74 @@ def _grade_on_dask_worker(grade_fn: Callable[[GradeTask], GradedSubmission], tas
     return graded
 
 
+class _WarmPools:
+    """Local worker pools left idle by finished batches, for the next batch of this process (module docstring)."""
+
+    KEEP = 3  # idle pools kept (a worker and its zygote hold about 0.8 GB); the oldest is shut down beyond that
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.idle: list[tuple[tuple, ProcessPoolExecutor]] = []
+
+    @staticmethod
+    def key(workers: int, memory_bytes: int) -> tuple:
+        return (workers, memory_bytes, os.getcwd(), tuple(sys.path), tuple(sorted(os.environ.items())))
+
+    def take(self, key: tuple) -> ProcessPoolExecutor:
+        """An idle pool started with ``key``, or a new one (two batches at once get two pools)."""
+        with self.lock:
+            for i, (k, pool) in enumerate(self.idle):
+                if k == key:
+                    del self.idle[i]
+                    return pool
+        workers, memory_bytes = key[0], key[1]
+        return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_limit_worker,
+                                   initargs=(memory_bytes,))
+
+    def give_back(self, key: tuple, pool: ProcessPoolExecutor) -> None:
+        with self.lock:
+            self.idle.append((key, pool))
+            surplus, self.idle = self.idle[:-self.KEEP], self.idle[-self.KEEP:]
+        for _, old in surplus:
+            old.shutdown(wait=True)
+
+    def close(self) -> None:
+        """Shut every idle pool down (its workers, and their zygotes with them)."""
+        with self.lock:
+            idle, self.idle = self.idle, []
+        for _, pool in idle:
+            pool.shutdown(wait=True)
+
+
+WARM_POOLS = _WarmPools()
+
+
 def run_local(grade_fn: Callable[[GradeTask], GradedSubmission], tasks: dict[str, GradeTask], workers: int,
               memory_bytes: int) -> Iterator[Outcome]:
-    """Grade ``tasks`` in ``workers`` spawned processes, each capped at ``memory_bytes`` of address space."""
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_limit_worker,
-                             initargs=(memory_bytes,)) as pool:
-        futures = {pool.submit(_grade_local, grade_fn, task): student for student, task in tasks.items()}
-        try:
-            for fut in as_completed(futures):
-                try:
-                    yield futures[fut], fut.result()
-                except Exception as err:  # noqa: BLE001 - one failure never aborts the batch
-                    yield futures[fut], err
-        finally:  # stopped early (an error recording a result, Ctrl-C): start nothing more
-            for fut in futures:
-                fut.cancel()
+    """Grade ``tasks`` in ``workers`` spawned processes, each capped at ``memory_bytes`` of address space.
+
+    The processes come from the last batch's pool when it matches (:class:`_WarmPools`) and stay for the next.
+    """
+    key = WARM_POOLS.key(workers, memory_bytes)
+    pool = WARM_POOLS.take(key)
+    healthy = False
+    futures = {pool.submit(_grade_local, grade_fn, task): student for student, task in tasks.items()}
+    try:
+        broken = False
+        for fut in as_completed(futures):
+            try:
+                yield futures[fut], fut.result()
+            except Exception as err:  # noqa: BLE001 - one failure never aborts the batch
+                broken = broken or isinstance(err, BrokenProcessPool)
+                yield futures[fut], err
+        healthy = not broken
+    finally:  # stopped early (an error recording a result, Ctrl-C): start nothing more
+        for fut in futures:
+            fut.cancel()
+        if healthy:
+            WARM_POOLS.give_back(key, pool)
+        else:  # a worker died, or the batch was stopped: this pool is not reused
+            pool.shutdown(wait=True)
 
 
 def run_dask(grade_fn: Callable[[GradeTask], GradedSubmission], tasks: dict[str, GradeTask],
