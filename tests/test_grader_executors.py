@@ -35,7 +35,9 @@ def pools():
 
 
 def test_the_next_batch_is_graded_by_the_same_warm_workers(pools) -> None:
+    assert not pools.warm(1, 0)
     first = _batch(["a", "b"])
+    assert pools.warm(1, 0) and not pools.warm(2, 0) and not pools.warm(1, 1 << 30)  # grade() then uses the zygote
     second = _batch(["c"])
     assert {r["pid"] for r in first.values()} == {second["c"]["pid"]} != {os.getpid()}
     assert first["a"]["worker"].startswith("local ") and second["c"]["task"] == "c"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .deadlines import Policy, apply_policy
-from .executors import dask_address, run_dask, run_local
+from .executors import WARM_POOLS, dask_address, run_dask, run_local
 from .feedback import write_feedback_html
 from .gradebook import GradebookStore
 from .intake import INTAKE_FLAGS, discover, match_notebooks
@@ -387,9 +387,10 @@ def grade(assignment: str, submissions: Path, source_dir: Path, out_dir: Path, w
             students, problems = discover(Path(submissions), assignment, Path(scratch))
             tasks = _tasks(assignment, students, references, settings, previous, variants, out_dir, reports,
                            unchanged)
-        if settings.zygote is None:  # a warm kernel template costs about two kernel starts: worth it from three
-            notebooks = len(tasks) * len(references)
-            settings.zygote = notebooks >= 3 * (workers if address is None else 2)
+        if settings.zygote is None:  # a warm kernel template costs about two kernel starts: worth it from three,
+            notebooks = len(tasks) * len(references)  # or when the workers are warm and may have one running
+            settings.zygote = (notebooks >= 3 * (workers if address is None else 2)
+                               or (address is None and WARM_POOLS.warm(workers, settings.worker_memory_bytes)))
         outcomes = (run_local(grade_packed, tasks, workers, settings.worker_memory_bytes) if address is None
                     else run_dask(grade_packed, tasks, address))
         _record(assignment, outcomes, tasks, store, out_dir, reports, progress)

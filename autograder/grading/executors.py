@@ -79,6 +79,12 @@ class _WarmPools:
     def key(workers: int, memory_bytes: int) -> tuple:
         return (workers, memory_bytes, os.getcwd(), tuple(sys.path), tuple(sorted(os.environ.items())))
 
+    def warm(self, workers: int, memory_bytes: int) -> bool:
+        """Whether the next batch with these settings would get a warm pool (whose zygote may be running)."""
+        key = self.key(workers, memory_bytes)
+        with self.lock:
+            return any(k == key for k, _ in self.idle)
+
     def take(self, key: tuple) -> ProcessPoolExecutor:
         """An idle pool started with ``key``, or a new one (two batches at once get two pools)."""
         with self.lock:
