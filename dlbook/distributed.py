@@ -122,8 +122,9 @@ def launch(
 ) -> list[Any]:
     """Return ``[fn(0, world_size, *args), ..., fn(world_size - 1, world_size, *args)]`` run in a gloo group.
 
-    Each rank is a fresh process that has already called ``dist.init_process_group("gloo")``; ``fn``
-    and ``args`` travel by value, so ``fn`` may be defined in a notebook. ``forbid`` lists
+    Each rank is a process of its own (see the module docstring) that has already called
+    ``dist.init_process_group("gloo")``; ``fn`` and ``args`` travel by value, so ``fn`` may be defined in a
+    notebook. ``forbid`` lists
     ``("module", "attribute")`` pairs (e.g. ``("torch.distributed", "all_reduce")``) that raise
     inside the workers while ``fn`` runs. ``echo=True`` prints each rank's stdout afterwards.
 

@@ -37,7 +37,9 @@ def _deterministic_algorithms() -> None:
     modules) only to set Inductor's ``deterministic`` flag, which only ``torch.compile`` reads. Every
     notebook calls :func:`seed_everything` at its start, so every kernel paid it. Inductor reads the same
     flag from ``TORCHINDUCTOR_DETERMINISTIC`` when it is first imported, so that is set instead; when
-    Inductor is already loaded the flag is set on it directly, as torch does.
+    Inductor is already loaded the flag is set on it directly, as torch does. (The import still comes with
+    the first ``torch.optim`` optimizer, whose methods torch wraps in ``torch._disable_dynamo``; a notebook
+    that builds none is spared it, and one that does pays it once, where it builds it.)
     """
     if "torch._inductor.config" in sys.modules:
         torch.use_deterministic_algorithms(True, warn_only=True)
