@@ -6,6 +6,7 @@ import hashlib
 import os
 import queue
 import runpy
+import shutil
 import threading
 from pathlib import Path
 from typing import NamedTuple
@@ -114,6 +115,11 @@ def _prepare_chapter(chapter: str, root: Path) -> tuple[Path, Path, dict[Path, s
             dest = subs / student / chapter / src.name
             dest.parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, dest)
+    # what else the release holds (chapter 8's ddp_train.py, hints.json) is in every learner's folder, as
+    # their fetched and submitted assignment would have it
+    for extra in sorted(p for p in (course_dir / "release" / chapter).iterdir() if p.suffix != ".ipynb"):
+        for folder in sorted(subs.glob(f"*/{chapter}")):
+            shutil.copy(extra, folder / extra.name)
     return course_dir, subs, _hashes(subs)
 
 

@@ -146,6 +146,10 @@ def test_judge_full_marks_zero_and_the_bug(graded, chapter) -> None:
     assert bob["points"] == 0
     honest_flags = [f for f in alice["flags"] if not f.startswith("renamed")]
     assert not honest_flags, f"the instructor's solutions were flagged: {honest_flags}"
+    # every cell ran in the judge's sandbox as in nbgrader's kernel (test_notebooks_execute), not only the tests
+    broken = [(nb["notebook"], c["index"], c["status"], (c["error"] or "")[:300]) for nb in alice["notebooks"]
+              for c in nb["cells"]]
+    assert not broken, f"the instructor's solutions did not run cleanly in the sandbox: {broken}"
     for nb in alice["notebooks"]:  # alice was graded with her own per-learner values (conftest._prepare_chapter)
         source = json.loads((CHAPTERS_DIR / chapter / nb["notebook"]).read_text())
         if variants.declarations(source):
