@@ -171,6 +171,12 @@ class _ForkedRank:
         return self.returncode
 
 
+def _rank_argv(tmp_path: Path, rank: int) -> list[str]:
+    """The command line of one rank started as a new Python process (:func:`_worker_main`)."""
+    return [sys.executable, "-m", "dlbook.distributed", str(tmp_path / "payload.pkl"),
+            str(tmp_path / f"result{rank}.pkl")]
+
+
 def _launch_once(payload: bytes, world_size: int, limit: float, threads: int, echo: bool) -> list[Any]:
     with tempfile.TemporaryDirectory(prefix="dlbook_dist_") as tmp:
         tmp_path = Path(tmp)
@@ -193,8 +199,7 @@ def _launch_once(payload: bytes, world_size: int, limit: float, threads: int, ec
                 for rank, log in enumerate(logs):
                     with log.open("wb") as out:
                         procs.append(subprocess.Popen(
-                            [sys.executable, "-m", "dlbook.distributed", str(tmp_path / "payload.pkl"),
-                             str(tmp_path / f"result{rank}.pkl")],
+                            _rank_argv(tmp_path, rank),
                             env=worker_env(rank, world_size, port, threads), stdout=out, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True,
                         ))
@@ -459,9 +464,8 @@ def _group_main(world_size: int, tmp_path: Path) -> int:
         if not _single_threaded():
             env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank)}
             with (tmp_path / f"rank{rank}.log").open("wb") as out:
-                proc = subprocess.Popen([sys.executable, "-m", "dlbook.distributed", str(tmp_path / "payload.pkl"),
-                                         str(tmp_path / f"result{rank}.pkl")], env=env, stdout=out,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                proc = subprocess.Popen(_rank_argv(tmp_path, rank), env=env, stdout=out, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL)
             pids[proc.pid] = rank
             continue
         sys.stdout.flush()
