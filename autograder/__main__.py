@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("submissions", type=Path, nargs="?",
                    help="folder of SUBMISSIONS/<student>/<chapter>/*.ipynb (default: already collected)")
     p.add_argument("--full", action="store_true", help="run notebooks at full settings (slow)")
+    p.add_argument("--fresh-kernels", action="store_true",
+                   help="start each notebook's kernel as a new process (default: forked from a warm template, "
+                        "see autograder/warm_kernels.py)")
 
     p = sub.add_parser("grade", help="confined, parallel, tamper-aware grading of a folder or zip of submissions")
     p.add_argument("chapter")
@@ -180,7 +183,8 @@ def _workspace(args, parser, course_dir: Path, source_dir: Path) -> None:
 
 
 def _autograde(args, parser, course_dir: Path, source_dir: Path) -> None:
-    students = course.autograde(args.chapter, args.submissions, course_dir, source_dir, fast=not args.full)
+    students = course.autograde(args.chapter, args.submissions, course_dir, source_dir, fast=not args.full,
+                                warm_kernels=not args.fresh_kernels)
     table = course.scores(args.chapter, course_dir)
     print(f"\n{'student':<24} {'score':>12}")
     for student in students:

@@ -81,7 +81,8 @@ def run_grading_bench(out: Path, n: int = 20, chapter: str = "01_backprop", work
         make_submissions(chapter, course_dir, root / "subs", n)
         load = {"before_nbgrader": _load()}
         start = time.perf_counter()
-        course.autograde(chapter, root / "subs", course_dir, fast=True, quiet=True)
+        # plain nbgrader: a new kernel process per notebook, as nbgrader starts them
+        course.autograde(chapter, root / "subs", course_dir, fast=True, quiet=True, warm_kernels=False)
         nbgrader_seconds = time.perf_counter() - start
         load["before_grade"] = _load()
         print(f"bench grading: nbgrader autograde (sequential): {nbgrader_seconds:.1f} s", flush=True)

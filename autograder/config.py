@@ -8,6 +8,7 @@ JupyterLab see the same settings as ``python -m autograder``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ def configure(c: Any, course_dir: str | Path, source_dir: str | Path = CHAPTERS_
     from nbgrader.coursedir import CourseDirectory
     from nbgrader.preprocessors import ClearHiddenTests, GetGrades
 
+    from . import warm_kernels
     from .preprocessors import ShortenTestTracebacks
     from .zmq_poll import install
 
@@ -53,6 +55,13 @@ def configure(c: Any, course_dir: str | Path, source_dir: str | Path = CHAPTERS_
     # nbgrader's own ignore list (checkpoints, caches, feedback) plus the chapter's private files.
     c.CourseDirectory.ignore = [*CourseDirectory.ignore.default(), *CHAPTER_PRIVATE_FILES]
     c.Execute.timeout = CELL_TIMEOUT
+    if os.environ.get(warm_kernels.ENV) == "1":  # course.autograde's default: kernels forked from a warm template
+        from nbgrader.converters import Autograde
+        from nbgrader.preprocessors import Execute
+
+        warm = warm_kernels.execute_preprocessor()
+        c.Autograde.autograde_preprocessors = [warm if p is Execute else p
+                                               for p in Autograde.autograde_preprocessors.default()]
     c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
     c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
     # Feedback shows the learner their results and error messages, never the hidden tests' code

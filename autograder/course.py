@@ -43,14 +43,21 @@ def run_nbgrader(
     fast: bool | None = None,
     quiet: bool = False,
     module: str = "nbgrader",
+    warm_kernels: bool = False,
 ) -> str:
     """Run ``nbgrader ARGS`` in ``course_dir`` and return its log; raise :class:`CourseError` on failure.
 
     ``fast=True`` sets ``DLBOOK_FAST=1`` for the kernels nbgrader starts, ``False`` clears it.
     ``module`` runs another command with the same environment (``autograder.release_many``).
+    ``warm_kernels``: autograde's kernels are forked from a warm template (``autograder/warm_kernels.py``).
     """
+    from . import warm_kernels as warm
+
     write_course_config(course_dir, source_dir)
     env = dict(os.environ)
+    env.pop(warm.ENV, None)
+    if warm_kernels:
+        env[warm.ENV] = "1"
     if fast is True:
         env["DLBOOK_FAST"] = "1"
     elif fast is False:
@@ -172,11 +179,17 @@ def autograde(
     source_dir: Path = CHAPTERS_DIR,
     fast: bool = True,
     quiet: bool = False,
+    warm_kernels: bool = True,
+    student: str | None = None,
+    exclude: tuple[str, ...] = (),
 ) -> list[str]:
     """Autograde every submission of ``chapter`` (after collecting ``submissions`` if given).
 
     Grading runs the notebooks in fast mode by default: the graded test cells never depend on the
-    chapter's long training runs. Returns the student ids graded.
+    chapter's long training runs. Each notebook's kernel is forked from a warm template unless
+    ``warm_kernels`` is false (``autograder/warm_kernels.py``: what differs from a new process, and why
+    that is no new risk for plain nbgrader). ``student`` grades that learner only; ``exclude`` skips
+    those learners. Returns the student ids graded.
     """
     _check_chapter(chapter, source_dir)
     if not (course_dir / "release" / chapter).is_dir():
@@ -185,9 +198,14 @@ def autograde(
         collect(chapter, submissions, course_dir)
     submitted = course_dir / "submitted"
     students = sorted(p.name for p in submitted.iterdir() if (p / chapter).is_dir()) if submitted.is_dir() else []
+    students = [s for s in students if (student is None or s == student) and s not in exclude]
     if not students:
-        raise CourseError(f"nothing to grade: no {submitted}/<student>/{chapter}/ folders")
-    run_nbgrader(course_dir, "autograde", chapter, "--force", source_dir=source_dir, fast=fast, quiet=quiet)
+        raise CourseError(f"nothing to grade: no {submitted}/<student>/{chapter}/ folders"
+                          + (f" for {student!r}" if student else "") + (f" but {list(exclude)}" if exclude else ""))
+    selection = [*([f"--student={student}"] if student else []),
+                 *([f"--CourseDirectory.student_id_exclude={','.join(exclude)}"] if exclude else [])]
+    run_nbgrader(course_dir, "autograde", chapter, "--force", *selection, source_dir=source_dir, fast=fast, quiet=quiet,
+                 warm_kernels=warm_kernels)
     return students
 
 

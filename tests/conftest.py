@@ -124,9 +124,16 @@ def _prepare_chapter(chapter: str, root: Path) -> tuple[Path, Path, dict[Path, s
 
 
 def _grade_with_nbgrader(chapter: str, root: Path, prepared: tuple) -> dict:
-    """nbgrader's autograde (tests in the kernel); returns {student: {grade_id: (points, max)}}."""
+    """nbgrader's autograde (tests in the kernel); returns {student: {grade_id: (points, max)}}.
+
+    alice's notebooks run in new kernel processes, as a learner's do in JupyterLab: her autograded
+    notebooks are the execution check of every source notebook (test_notebooks_execute), which must not
+    lean on what a warm kernel has imported already. bob and carol are graded in warm kernels, as
+    ``make autograde`` does by default (``autograder/warm_kernels.py``).
+    """
     course_dir, subs, _ = prepared
-    course.autograde(chapter, subs, course_dir, fast=True, quiet=True)
+    course.autograde(chapter, subs, course_dir, fast=True, quiet=True, student="alice", warm_kernels=False)
+    course.autograde(chapter, None, course_dir, fast=True, quiet=True, exclude=("alice",), warm_kernels=True)
     return course.scores(chapter, course_dir)
 
 

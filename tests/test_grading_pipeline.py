@@ -16,6 +16,7 @@ from autograder.bench import load_targets
 from autograder.config import CHAPTER_PRIVATE_FILES
 
 from .conftest import BUGS, CHAPTERS, CHAPTERS_DIR, VARIANT_SECRET, bug_loses, nbgrader_meta
+from .servers import mentioning, wait_gone
 
 pytestmark = pytest.mark.slow
 
@@ -166,6 +167,14 @@ def test_judge_full_marks_zero_and_the_bug(graded, chapter) -> None:
 def test_submissions_are_never_modified(graded) -> None:
     for path, digest in graded["hashes"].items():
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, f"{path} was modified"
+
+
+def test_warm_kernels_and_their_server_end_with_nbgrader(graded) -> None:
+    """bob and carol were autograded in warm kernels (autograder/warm_kernels.py), which end with nbgrader."""
+    for chapter in CHAPTERS:
+        bob = graded["course_dirs"][chapter] / "autograded" / "bob" / chapter
+        assert any(bob.glob("*.ipynb")), f"nbgrader autograded no notebook of bob's in {chapter}"
+    assert not wait_gone(mentioning("warm_kernels.py"), timeout=10.0), "a warm-kernel server outlived nbgrader"
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
