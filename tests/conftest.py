@@ -124,7 +124,8 @@ def _prepare_chapter(chapter: str, root: Path) -> tuple[Path, Path, dict[Path, s
 
 
 def _grade_with_nbgrader(chapter: str, root: Path, prepared: tuple) -> dict:
-    """nbgrader's autograde (tests in the kernel); returns {student: {grade_id: (points, max)}}.
+    """nbgrader's autograde (tests in the kernel), feedback and export; returns the scores
+    ({student: {grade_id: (points, max)}}), the feedback folder and the grades CSV.
 
     alice's notebooks run in new kernel processes, as a learner's do in JupyterLab: her autograded
     notebooks are the execution check of every source notebook (test_notebooks_execute), which must not
@@ -134,7 +135,10 @@ def _grade_with_nbgrader(chapter: str, root: Path, prepared: tuple) -> dict:
     course_dir, subs, _ = prepared
     course.autograde(chapter, subs, course_dir, fast=True, quiet=True, student="alice", warm_kernels=False)
     course.autograde(chapter, None, course_dir, fast=True, quiet=True, exclude=("alice",), warm_kernels=True)
-    return course.scores(chapter, course_dir)
+    # the feedback pages and the grades export are made here too, in parallel with the other jobs; the
+    # pipeline tests check them
+    return {"scores": course.scores(chapter, course_dir), "feedback": course.feedback(chapter, course_dir, quiet=True),
+            "grades_csv": course.export(root / "grades" / f"{chapter}.csv", course_dir, quiet=True)}
 
 
 def _grade_with_judge(chapter: str, root: Path, prepared: tuple) -> dict:
@@ -240,12 +244,13 @@ def graded(_chapter_grading: _ChapterGrading) -> dict:
     if grading.errors:
         chapter, err = next(iter(grading.errors.items()))
         raise RuntimeError(f"grading {sorted(grading.errors)} failed; {chapter}: {type(err).__name__}: {err}") from err
-    result: dict = {"course_dirs": {}, "hashes": {}, "scores": {}, "judge": {}}
+    result: dict = {"course_dirs": {}, "hashes": {}, "scores": {}, "judge": {}, "feedback": {}, "grades_csv": {}}
     for chapter in CHAPTERS:
         course_dir, _, hashes = grading.prepared[chapter]
         result["course_dirs"][chapter] = course_dir
         result["hashes"].update(hashes)
-        result["scores"][chapter] = grading.results[chapter, "nbgrader"]
+        for key in ("scores", "feedback", "grades_csv"):
+            result[key][chapter] = grading.results[chapter, "nbgrader"][key]
         result["judge"][chapter] = grading.results[chapter, "judge"]
     return result
 

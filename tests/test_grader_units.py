@@ -145,3 +145,25 @@ def test_feedback_page_escapes_learner_code_and_sanitises_outputs(tmp_path) -> N
     assert "<b>bold</b>" in html and "steal()</script>" not in html
     assert "secret_check" not in html and "AssertionError: wrong" in html
     assert "0 / 2" in html
+
+
+def test_arrays_cross_as_checked_text() -> None:
+    """The judge and the kernel send arrays as "DTYPE:SHAPE:BASE64"; anything else is refused, nothing unpickled."""
+    import numpy as np
+
+    from autograder.grading.agent import ProtocolError, array_to_b64, b64_to_array
+
+    for array in (np.random.default_rng(0).random((3, 4)), np.arange(5, dtype=np.int8), np.array(3.5),
+                  np.zeros((0, 3)), np.array([True, False]), np.array(["ab", "c"]), np.arange(20.0).reshape(4, 5).T,
+                  np.array([1 + 2j], dtype=np.complex64), np.zeros(3, dtype=">f4"), np.float16(2.5)):
+        back = b64_to_array(array_to_b64(array))
+        assert back.dtype == np.asarray(array).dtype and back.shape == np.shape(array)
+        assert (back == array).all() and back.flags.writeable
+    with pytest.raises(TypeError, match="dtype object"):
+        array_to_b64(np.array([object()]))
+    pickled = "gANjYnVpbHRpbnMKZXZhbApx"  # a pickle of builtins.eval, as a hostile kernel might send it
+    for bad, why in [(pickled, "dtype"), ("|O8::AAAA", "dtype"), ("<V8::AAAAAAAAAAA=", "dtype"),
+                     ("<f8:2:AAAA", "in 3 bytes"), ("<f8:-1:", "shape"), ("<f8:1:!!!!", "not base64"),
+                     ("<f8:" + ",".join(["1"] * 33) + ":", "shape"), (5, "not text")]:
+        with pytest.raises(ProtocolError, match=why):
+            b64_to_array(bad)
