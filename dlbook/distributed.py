@@ -3,9 +3,11 @@
 A notebook (or a test) cannot become several processes, so :func:`launch` starts ``world_size``
 processes, each of which joins one gloo process group on 127.0.0.1 and calls the same function
 ``fn(rank, world_size, *args)``; the return values come back as a list indexed by rank. On Linux one
-fresh Python process imports torch once and forks the ranks from it (importing torch takes about 1.5 s of
-CPU, more than most of the chapter's launches run); each rank is still its own process with its own
-memory, environment (``RANK``...) and output. Elsewhere each rank is a fresh Python process.
+launcher process with torch imported forks the ranks (importing torch takes about 1.5 s of CPU, more
+than most of the chapter's launches run); each rank is still its own process with its own memory,
+environment (``RANK``...) and output. The launcher is itself forked from a warm server that the calling
+process starts at its first launch and keeps (:class:`_WarmServer`), or is a new Python where that
+cannot run. Elsewhere each rank is a fresh Python process.
 The function travels by value (cloudpickle), so a function defined in a notebook cell works. Worker
 output is captured (never printed to the caller's stderr), a hung collective is killed after
 ``timeout`` seconds, and a failing rank stops the others at once.
@@ -18,6 +20,7 @@ The references here call torch.distributed's own collectives (``dist.all_reduce`
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import math
 import os
@@ -27,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -177,6 +181,181 @@ def _rank_argv(tmp_path: Path, rank: int) -> list[str]:
             str(tmp_path / f"result{rank}.pkl")]
 
 
+def _start_launcher(world_size: int, tmp_path: Path, env: dict[str, str]):
+    """Start the group launcher of one launch: forked from this process's warm server, else a new Python."""
+    server = _warm_server()
+    if server is not None:
+        try:
+            return server.start_group(world_size, tmp_path, env)
+        except (OSError, ValueError, RuntimeError):
+            pass  # the server is gone: this launch starts its launcher the ordinary way
+    with (tmp_path / "launcher.log").open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "dlbook.distributed", "--group", str(world_size), str(tmp_path)],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+
+
+class _GroupProcess:
+    """A group launcher forked by the warm server, followed through a pidfd (never a recycled pid).
+
+    What :func:`_kill` and :class:`_ForkedRank` need of a ``Popen``. The server reaps its launchers, so the
+    exit status is not passed on: ``returncode`` is 0 once the launcher has ended (each rank's own code is
+    in its ``rank<r>.exit`` file).
+    """
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid, self.pidfd = pid, pidfd
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        return self.wait(0)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        import select
+
+        if self.returncode is None:
+            if not select.select([self.pidfd], [], [], timeout)[0]:
+                return None
+            self.returncode = 0
+            os.close(self.pidfd)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+
+class _WarmServer:
+    """A Python that imported torch once and forks each launch's group launcher (Linux, pidfds).
+
+    Started on the first :func:`launch` of a process and kept for the next ones: importing torch is about
+    1.5 s of CPU, more than most launches run. It never unpickles or runs the caller's function (the ranks
+    do, in their own forks), so every launch starts from the same state as a new process would. It ends
+    when this process closes its end of the socket (at exit, or when this process dies).
+    """
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair()
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "dlbook.distributed", "--server", str(theirs.fileno())],
+                                     pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        theirs.close()
+        self.sock = ours
+        ours.settimeout(120.0)
+        if self._reply()[0] != b"ready\n":
+            self.close()
+            raise RuntimeError("the warm launcher did not start")
+        ours.settimeout(30.0)
+
+    def _reply(self) -> tuple[bytes, list[int]]:
+        data, fds = b"", []
+        while not data.endswith(b"\n"):
+            chunk, got, _, _ = socket.recv_fds(self.sock, 4096, 1)
+            if not chunk:
+                break
+            data += chunk
+            fds.extend(got)
+        return data, fds
+
+    def start_group(self, world_size: int, tmp_path: Path, env: dict[str, str]) -> _GroupProcess:
+        import json
+
+        request = {"world": world_size, "tmp": str(tmp_path), "env": env, "cwd": os.getcwd()}
+        self.sock.sendall(json.dumps(request).encode() + b"\n")
+        data, fds = self._reply()
+        if not data.startswith(b"{") or not fds:
+            for fd in fds:
+                os.close(fd)
+            raise RuntimeError(f"the warm launcher did not start a group: {data[:200]!r}")
+        return _GroupProcess(int(json.loads(data)["pid"]), fds[0])
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+WARM_LAUNCHER = FORK_RANKS and hasattr(os, "pidfd_open") and hasattr(socket, "send_fds")
+_SERVER: _WarmServer | None = None
+_SERVER_LOCK = threading.Lock()
+
+
+def _warm_server() -> _WarmServer | None:
+    """This process's warm launcher (started on first use); None where there is none to be had."""
+    global _SERVER
+    if not WARM_LAUNCHER:
+        return None
+    with _SERVER_LOCK:
+        if _SERVER is None or not _SERVER.alive():
+            try:
+                _SERVER = _WarmServer()
+            except (OSError, RuntimeError):
+                _SERVER = None
+                return None
+            atexit.register(_SERVER.close)
+        return _SERVER
+
+
+def _serve_groups(fd: int) -> None:
+    """The warm server: fork one group launcher (:func:`_group_main`) per request, until the client is gone."""
+    import json
+
+    conn = socket.socket(fileno=fd)
+    if not _single_threaded():
+        return
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # launchers are reaped by the system
+    conn.sendall(b"ready\n")
+    for line in conn.makefile("rb"):
+        req = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                conn.close()
+                code = _become_launcher(req)
+            finally:
+                os._exit(code)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            conn.sendall(b"the launcher ended at once\n")
+            continue
+        socket.send_fds(conn, [json.dumps({"pid": pid}).encode() + b"\n"], [pidfd])
+        os.close(pidfd)
+
+
+def _become_launcher(req: dict) -> int:
+    """In the server's fork: be what ``python -m dlbook.distributed --group`` started with ``req`` would be."""
+    os.setsid()
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the launcher waits for its ranks
+    tmp_path = Path(req["tmp"])
+    log = os.open(tmp_path / "launcher.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.closerange(3, 65536)
+    try:
+        os.chdir(req["cwd"])
+        os.environ.clear()
+        os.environ.update(req["env"])
+        # what PYTHONPATH (the caller's folder first, see worker_env) would have put on a new process's sys.path
+        extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+        sys.path[:0] = extra
+        return _group_main(int(req["world"]), tmp_path)
+    except BaseException:  # noqa: BLE001 - into launcher.log, which the caller shows when a rank has no output
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
 def _launch_once(payload: bytes, world_size: int, limit: float, threads: int, echo: bool) -> list[Any]:
     with tempfile.TemporaryDirectory(prefix="dlbook_dist_") as tmp:
         tmp_path = Path(tmp)
@@ -185,15 +364,11 @@ def _launch_once(payload: bytes, world_size: int, limit: float, threads: int, ec
         procs: list = []
         logs = [tmp_path / f"rank{rank}.log" for rank in range(world_size)]
         try:
-            if FORK_RANKS:  # one launcher imports torch, then forks the ranks (_group_main)
+            if FORK_RANKS:  # one launcher with torch imported forks the ranks (_group_main)
                 env = worker_env(0, world_size, port, threads)
                 for key in ("RANK", "LOCAL_RANK"):
                     env.pop(key)
-                with (tmp_path / "launcher.log").open("wb") as out:
-                    procs.append(subprocess.Popen(
-                        [sys.executable, "-m", "dlbook.distributed", "--group", str(world_size), str(tmp_path)],
-                        env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                        start_new_session=True))
+                procs.append(_start_launcher(world_size, tmp_path, env))
                 ranks = [_ForkedRank(procs[0], tmp_path, rank) for rank in range(world_size)]
             else:
                 for rank, log in enumerate(logs):
@@ -503,7 +678,10 @@ def _group_main(world_size: int, tmp_path: Path) -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "--group":
+    if sys.argv[1] == "--server":
+        _serve_groups(int(sys.argv[2]))
+        _code = 0
+    elif sys.argv[1] == "--group":
         _code = _group_main(int(sys.argv[2]), Path(sys.argv[3]))
     else:
         _code = _worker_main(sys.argv[1], sys.argv[2])

@@ -206,10 +206,39 @@ def test_a_launcher_that_cannot_start_is_reported(monkeypatch):
     """The launcher's own failure (here: no torch to import) is the error, not a silent hang."""
     if not D.FORK_RANKS:
         pytest.skip("ranks are forked on Linux only")
+    monkeypatch.setattr(D, "WARM_LAUNCHER", False)  # a new Python as the launcher, which cannot start
     monkeypatch.setenv("PYTHONPATH", "/nonexistent")
     monkeypatch.setattr(D.sys, "executable", "/bin/false")
     with pytest.raises(D.WorkerError, match="rank 0 of 2 failed"):
         D.launch(_misbehave, 2, ("ok",), timeout=5, grace=5)
+
+
+def test_a_launcher_from_the_warm_server_that_fails_is_reported(monkeypatch, tmp_path):
+    """A group launcher forked by the warm server that cannot start its ranks: the error shows its log."""
+    if not D.WARM_LAUNCHER:
+        pytest.skip("no warm launcher here (Linux with pidfds only)")
+    # the launcher cannot enter the working directory the caller reports
+    monkeypatch.setattr(D.os, "getcwd", lambda: str(tmp_path / "gone"))
+    with pytest.raises(D.WorkerError, match=r"(?s)rank 0 of 2 failed.*FileNotFoundError"):
+        D.launch(_misbehave, 2, ("ok",), timeout=5, grace=5)
+
+
+def test_the_warm_server_serves_each_launch_and_is_restarted_when_gone():
+    """One warm server per process forks every launch's launcher; a server that died is replaced."""
+    if not D.WARM_LAUNCHER:
+        pytest.skip("no warm launcher here (Linux with pidfds only)")
+    first = D.launch(_whoami, 2)
+    server = D._SERVER
+    assert server is not None and server.alive()
+    second = D.launch(_whoami, 2)
+    assert D._SERVER is server, "expected the same warm server for the next launch"
+    pids = {g["pid"] for g in first + second}
+    assert len(pids) == 4 and server.proc.pid not in pids  # every rank is its own fork, never the server
+    assert len({g["torch"] for g in first + second}) == 4, "expected fresh seeds for every rank of every launch"
+    server.proc.kill()
+    server.proc.wait()
+    assert [g["rank_env"] for g in D.launch(_whoami, 2)] == ["0", "1"]
+    assert D._SERVER is not server and D._SERVER.alive()
 
 
 def test_launch_rejects_bad_arguments():

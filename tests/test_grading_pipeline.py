@@ -175,6 +175,13 @@ def test_warm_kernels_and_their_server_end_with_nbgrader(graded) -> None:
         bob = graded["course_dirs"][chapter] / "autograded" / "bob" / chapter
         assert any(bob.glob("*.ipynb")), f"nbgrader autograded no notebook of bob's in {chapter}"
     assert not wait_gone(mentioning("warm_kernels.py"), timeout=10.0), "a warm-kernel server outlived nbgrader"
+    # chapter 8's kernels started dlbook.distributed's warm launcher, which ends with its kernel (this test
+    # process's own, from the distributed tests, is closed first)
+    from dlbook import distributed
+
+    if distributed._SERVER is not None:
+        distributed._SERVER.close()
+    assert not wait_gone(mentioning("dlbook.distributed --server"), timeout=10.0), "a warm launcher outlived its kernel"
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)

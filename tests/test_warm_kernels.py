@@ -15,7 +15,8 @@ from autograder import warm_kernels
 
 from .servers import wait_gone
 
-pytestmark = pytest.mark.skipif(not warm_kernels.available(), reason="warm kernels need Linux with pidfds")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not warm_kernels.available(), reason="warm kernels need Linux with pidfds")]
 
 
 def _run(kc, code: str, timeout: float = 60.0) -> tuple[str, dict]:
