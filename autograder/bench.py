@@ -132,12 +132,16 @@ def kernel_env(metrics_file: Path, fast: bool, base: dict[str, str] | None = Non
 
 
 # Appended to the executed copy of a notebook (and taken out again): the kernel's peak resident memory,
-# and the largest of its finished children's (torchrun workers, DataLoader workers), in MiB. Linux
-# gives ru_maxrss in KiB (macOS in bytes).
+# and the largest of its finished children's (torchrun workers, DataLoader workers) and of the ranks
+# dlbook.distributed.launch started (forked by its warm launcher, they are not the kernel's children), in
+# bytes. Linux gives ru_maxrss in KiB (macOS in bytes).
 _MEMORY_CELL = """\
 import resource as _r, sys as _s
 _k = 1 if _s.platform == "darwin" else 1024
-print("[dlbook memory]", _r.getrusage(_r.RUSAGE_SELF).ru_maxrss * _k, _r.getrusage(_r.RUSAGE_CHILDREN).ru_maxrss * _k)
+_c = _r.getrusage(_r.RUSAGE_CHILDREN).ru_maxrss * _k
+if "dlbook.distributed" in _s.modules:
+    _c = max(_c, int(_s.modules["dlbook.distributed"].ranks_peak_rss_mb() * 2**20))
+print("[dlbook memory]", _r.getrusage(_r.RUSAGE_SELF).ru_maxrss * _k, _c)
 """
 MEMORY_LIMIT_MB = 1500  # Binder gives a session about 2 GB; every notebook stays under this at full settings
 

@@ -383,6 +383,7 @@ def _launch_once(payload: bytes, world_size: int, limit: float, threads: int, ec
         finally:
             for proc in procs:  # the launcher's process group holds its ranks
                 _kill(proc)
+            _note_ranks_memory(tmp_path, world_size)
         results = []
         for rank in range(world_size):
             status, value = pickle.loads((tmp_path / f"result{rank}.pkl").read_bytes())
@@ -669,12 +670,33 @@ def _group_main(world_size: int, tmp_path: Path) -> int:
                 os._exit(code)
         pids[pid] = rank
     while pids:
-        pid, status = os.wait()
+        pid, status, usage = os.wait4(-1, 0)
         if pid in pids:
-            exit_file = tmp_path / f"rank{pids.pop(pid)}.exit"
+            rank = pids.pop(pid)
+            # the rank's peak memory first (the caller reads it once the exit file is there): a launcher forked
+            # by the warm server is not the caller's child, so the caller's RUSAGE_CHILDREN cannot see it
+            (tmp_path / f"rank{rank}.maxrss").write_text(str(usage.ru_maxrss))
+            exit_file = tmp_path / f"rank{rank}.exit"
             exit_file.with_suffix(".tmp").write_text(str(os.waitstatus_to_exitcode(status)))
             exit_file.with_suffix(".tmp").replace(exit_file)
     return 0
+
+
+_PEAK_RANK_MAXRSS = 0  # ru_maxrss units (KiB on Linux)
+
+
+def ranks_peak_rss_mb() -> float:
+    """The largest peak resident memory of a rank that :func:`launch` started from this process, in MiB."""
+    return _PEAK_RANK_MAXRSS * (1 if sys.platform == "darwin" else 1024) / 2**20
+
+
+def _note_ranks_memory(tmp_path: Path, world_size: int) -> None:
+    global _PEAK_RANK_MAXRSS
+    for rank in range(world_size):
+        try:
+            _PEAK_RANK_MAXRSS = max(_PEAK_RANK_MAXRSS, int((tmp_path / f"rank{rank}.maxrss").read_text()))
+        except (OSError, ValueError):
+            pass  # a rank started as this process's own child: its memory is in RUSAGE_CHILDREN
 
 
 if __name__ == "__main__":

@@ -97,3 +97,19 @@ def test_execute_notebook_measures_the_kernels_peak_memory_and_its_childrens(tmp
     assert 200 <= run.children_peak_rss_mb < 500, f"the child held 200 MiB, measured {run.children_peak_rss_mb}"
     assert len(run.notebook.cells) == 2, "the memory cell should be taken out of the executed notebook"
     assert 0 < run.seconds < 120
+
+
+@pytest.mark.slow
+def test_execute_notebook_counts_the_memory_of_launched_ranks(tmp_path) -> None:
+    """Ranks of dlbook.distributed.launch are forked by its warm launcher, not the kernel's children: still counted."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "from dlbook import distributed\n"
+        "def hold(rank, world_size):\n"
+        "    import numpy as np\n"
+        "    return float(np.ones(400 * 2**20 // 8).sum())  # 400 MiB\n"
+        "print(distributed.launch(hold, 2))")])
+    path = tmp_path / "ranks.ipynb"
+    nbformat.write(nb, path)
+    run = bench.execute_notebook(path, fast=True, timeout=120)
+    assert 400 <= run.children_peak_rss_mb < 1000, f"a rank held 400 MiB, measured {run.children_peak_rss_mb}"
+    assert run.peak_rss_mb < 400, f"the kernel itself held no 400 MiB, measured {run.peak_rss_mb}"

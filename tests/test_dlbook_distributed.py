@@ -289,3 +289,16 @@ def test_run_torchrun_reports_a_failing_script(tmp_path):
     script.write_text("import sys\nprint('about to fail')\nsys.exit(3)\n")
     with pytest.raises(D.WorkerError, match="(?s)failed.*about to fail"):
         D.run_torchrun(script, 1, timeout=120)
+
+
+def _hold_memory(rank, world_size, mb):
+    import numpy as np
+
+    block = np.ones(mb << 20, dtype=np.uint8)  # touched, so resident
+    return int(block.sum() >> 20)
+
+
+def test_ranks_peak_memory_reaches_the_caller():
+    """``ranks_peak_rss_mb`` sees a rank's memory (the bench's memory check), forked by the warm launcher or not."""
+    assert D.launch(_hold_memory, 2, (300,)) == [300, 300]
+    assert D.ranks_peak_rss_mb() >= 300, D.ranks_peak_rss_mb()
