@@ -106,10 +106,11 @@ def test_execute_notebook_counts_the_memory_of_launched_ranks(tmp_path) -> None:
         "from dlbook import distributed\n"
         "def hold(rank, world_size):\n"
         "    import numpy as np\n"
-        "    return float(np.ones(400 * 2**20 // 8).sum())  # 400 MiB\n"
+        "    return float(np.ones(900 * 2**20 // 8).sum())  # 900 MiB\n"
         "print(distributed.launch(hold, 2))")])
     path = tmp_path / "ranks.ipynb"
     nbformat.write(nb, path)
     run = bench.execute_notebook(path, fast=True, timeout=120)
-    assert 400 <= run.children_peak_rss_mb < 1000, f"a rank held 400 MiB, measured {run.children_peak_rss_mb}"
-    assert run.peak_rss_mb < 400, f"the kernel itself held no 400 MiB, measured {run.peak_rss_mb}"
+    assert 900 <= run.children_peak_rss_mb < 1500, f"a rank held 900 MiB, measured {run.children_peak_rss_mb}"
+    # the kernel's own peak is 250-400 MiB here (torch and dlbook imported): the ranks' memory is not counted as its
+    assert run.peak_rss_mb < 900, f"the kernel itself held no 900 MiB, measured {run.peak_rss_mb}"
